@@ -1,0 +1,341 @@
+//! The guard machinery every backend shares: drop, renewal and loss,
+//! `with_lock`, wake-ups. The backend here is a test double built on the
+//! public `LockBackend` interface, so failures can be switched on at will.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_api::{
+    Attempt, Backoff, DistributedLock, DistributedLockExt, Instant, Lease, LockBackend, LockError,
+    MemoryLease, MemoryLock, Wakeup,
+};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// What the switchable backend's extends do.
+const EXTEND_OK: u8 = 0;
+const EXTEND_LOST: u8 = 1;
+const EXTEND_UNREACHABLE: u8 = 2;
+
+/// MemoryLock with switchable extend failures and an optional huge backoff
+/// (so only a wake-up can end a wait early).
+#[derive(Clone, Default)]
+struct Switchable {
+    inner: MemoryLock,
+    extend: Arc<AtomicU8>,
+    slow_backoff: bool,
+    /// Signalled each time an attempt finds the lock held.
+    refused: Arc<tokio::sync::Notify>,
+}
+
+struct SwitchableLease {
+    inner: MemoryLease,
+    extend: Arc<AtomicU8>,
+}
+
+#[async_trait]
+impl LockBackend for Switchable {
+    type Lease = SwitchableLease;
+
+    fn kind(&self) -> &'static str {
+        "switchable"
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.inner.max_ttl()
+    }
+
+    fn backoff(&self) -> Backoff {
+        if self.slow_backoff {
+            Backoff {
+                initial: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+            }
+        } else {
+            Backoff::default()
+        }
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Attempt<SwitchableLease>, LockError> {
+        Ok(match self.inner.try_lock(name, ttl).await? {
+            Attempt::Acquired {
+                lease,
+                fencing_token,
+            } => Attempt::Acquired {
+                lease: SwitchableLease {
+                    inner: lease,
+                    extend: Arc::clone(&self.extend),
+                },
+                fencing_token,
+            },
+            // Hide the holder's expiry: only a wake-up may cut a wait short.
+            Attempt::Held { .. } => {
+                self.refused.notify_one();
+                Attempt::Held { retry_after: None }
+            }
+        })
+    }
+
+    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
+        self.inner.subscribe(name).await
+    }
+}
+
+#[async_trait]
+impl Lease for SwitchableLease {
+    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        match self.extend.load(Ordering::SeqCst) {
+            EXTEND_LOST => Err(LockError::Lost),
+            EXTEND_UNREACHABLE => Err(LockError::connection("server unreachable (test)")),
+            _ => self.inner.extend(ttl).await,
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), LockError> {
+        self.inner.release().await
+    }
+}
+
+async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
+}
+
+#[test]
+fn dropping_a_guard_outside_any_runtime_does_not_panic_and_the_ttl_frees_the_lock() {
+    let locks = MemoryLock::new();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let guard = runtime
+        .block_on(locks.acquire("outside", Duration::from_millis(200), Duration::ZERO))
+        .expect("free lock");
+    drop(runtime);
+    drop(guard); // no runtime left to release it: must not panic
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let again = bounded(
+            "re-acquire after the TTL",
+            locks.acquire("outside", Duration::from_secs(1), Duration::from_secs(5)),
+        )
+        .await
+        .expect("the TTL frees the lock");
+        again.release().await.expect("still ours");
+    });
+}
+
+#[tokio::test]
+async fn a_cancelled_release_still_releases_in_the_background() {
+    let locks = MemoryLock::new();
+    let guard = locks
+        .acquire("cancelled-release", Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("free lock");
+    let release = guard.release();
+    drop(release); // never polled
+    let next = bounded(
+        "acquire after a cancelled release",
+        locks.acquire(
+            "cancelled-release",
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        ),
+    )
+    .await
+    .expect("the dropped release frees the lock long before its TTL");
+    next.release().await.expect("still ours");
+}
+
+#[tokio::test]
+async fn valid_until_is_attempt_start_plus_ttl_minus_drift() {
+    let locks = MemoryLock::new();
+    let ttl = Duration::from_secs(10);
+    let before = Instant::now();
+    let guard = locks
+        .acquire("validity", ttl, Duration::ZERO)
+        .await
+        .expect("free");
+    let after = Instant::now();
+    let trusted = locks.drift().trusted(ttl);
+    assert!(guard.valid_until() >= before + trusted);
+    assert!(guard.valid_until() <= after + trusted);
+    assert!(
+        trusted < ttl,
+        "the drift allowance must shorten the validity"
+    );
+    assert!(!guard.is_lost());
+    guard.release().await.expect("still ours");
+}
+
+#[tokio::test]
+async fn renewal_marks_the_guard_lost_when_the_server_says_it_is_gone() {
+    let locks = Switchable::default();
+    let mut guard = locks
+        .acquire("renew-lost", Duration::from_millis(300), Duration::ZERO)
+        .await
+        .expect("free");
+    guard.auto_renew();
+    assert!(guard.is_renewing());
+    locks.extend.store(EXTEND_LOST, Ordering::SeqCst);
+    bounded("lost() after a failed renewal", guard.lost()).await;
+    assert!(guard.is_lost());
+    assert!(matches!(
+        guard.extend(Duration::from_secs(1)).await,
+        Err(LockError::Lost)
+    ));
+    assert!(matches!(guard.release().await, Err(LockError::Lost)));
+}
+
+#[tokio::test]
+async fn renewal_gives_up_when_the_server_stays_unreachable_past_the_validity() {
+    let locks = Switchable::default();
+    let ttl = Duration::from_millis(300);
+    let mut guard = locks
+        .acquire("renew-unreachable", ttl, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.auto_renew();
+    locks.extend.store(EXTEND_UNREACHABLE, Ordering::SeqCst);
+    let valid_until = guard.valid_until();
+    bounded("lost() while the server is unreachable", guard.lost()).await;
+    assert!(
+        Instant::now() >= valid_until,
+        "an unreachable server must not end the lease before its validity"
+    );
+    assert!(guard.is_lost());
+}
+
+#[tokio::test]
+async fn renewal_rides_out_a_short_outage() {
+    let locks = Switchable::default();
+    let ttl = Duration::from_millis(600);
+    let mut guard = locks
+        .acquire("renew-outage", ttl, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.auto_renew();
+    // Unreachable for less than the validity left after a renewal.
+    locks.extend.store(EXTEND_UNREACHABLE, Ordering::SeqCst);
+    tokio::time::sleep(ttl / 3).await;
+    locks.extend.store(EXTEND_OK, Ordering::SeqCst);
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!guard.is_lost(), "renewal must retry transient failures");
+    assert!(
+        locks
+            .try_acquire("renew-outage", ttl)
+            .await
+            .expect("answer")
+            .is_none()
+    );
+    guard.release().await.expect("still ours");
+}
+
+#[tokio::test]
+async fn with_lock_stops_the_work_when_the_lock_is_lost() {
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let locks = Switchable::default();
+    let work_dropped = Arc::new(AtomicBool::new(false));
+    let flag = SetOnDrop(Arc::clone(&work_dropped));
+    let extend = Arc::clone(&locks.extend);
+    let result = bounded(
+        "with_lock returning after a loss",
+        locks.with_lock(
+            "with-lock-lost",
+            Duration::from_millis(300),
+            Duration::ZERO,
+            |_lock| async move {
+                let _flag = flag;
+                extend.store(EXTEND_LOST, Ordering::SeqCst);
+                std::future::pending::<()>().await
+            },
+        ),
+    )
+    .await;
+    assert!(matches!(result, Err(LockError::Lost)), "{result:?}");
+    assert!(
+        work_dropped.load(Ordering::SeqCst),
+        "the work must not run on without the lock"
+    );
+}
+
+#[tokio::test]
+async fn with_lock_returns_the_work_value_and_frees_the_lock() {
+    let locks = MemoryLock::new();
+    let token = locks
+        .with_lock(
+            "with-lock-ok",
+            Duration::from_secs(5),
+            Duration::ZERO,
+            |lock| async move {
+                assert_eq!(lock.name(), "with-lock-ok");
+                assert!(!lock.is_lost());
+                lock.fencing_token()
+            },
+        )
+        .await
+        .expect("free lock");
+    assert_eq!(token, 1);
+    assert_eq!(
+        locks.held(),
+        0,
+        "with_lock must release when the work is done"
+    );
+}
+
+#[tokio::test]
+async fn a_waiter_is_woken_by_a_release_not_by_its_backoff() {
+    // Backoff of 60 s and no expiry hint: only the wake-up can end this wait early.
+    let locks = Switchable {
+        slow_backoff: true,
+        ..Switchable::default()
+    };
+    let holder = locks
+        .acquire("wake", Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("free");
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .acquire("wake", Duration::from_secs(30), Duration::from_secs(30))
+                .await
+        })
+    };
+    // Release only after the waiter has been refused once, so it must be woken.
+    bounded("the waiter's first attempt", locks.refused.notified()).await;
+    holder.release().await.expect("still ours");
+    let guard = bounded("the woken waiter", waiter)
+        .await
+        .expect("task")
+        .expect("acquired after the release");
+    guard.release().await.expect("still ours");
+}
+
+#[tokio::test]
+async fn extend_rejects_bad_ttls_without_touching_the_lock() {
+    let locks = MemoryLock::new();
+    let mut guard = locks
+        .acquire("extend-ttl", Duration::from_secs(5), Duration::ZERO)
+        .await
+        .expect("free");
+    for ttl in [Duration::ZERO, Duration::from_micros(500), Duration::MAX] {
+        assert!(
+            matches!(guard.extend(ttl).await, Err(LockError::InvalidTtl(_))),
+            "{ttl:?}"
+        );
+    }
+    assert!(!guard.is_lost());
+    guard.release().await.expect("still ours");
+}

@@ -1,0 +1,23 @@
+//! The conformance suite on `MemoryLock`, the reference backend: two clones
+//! are two clients of one server.
+#![cfg(feature = "conformance")]
+
+use std::sync::Arc;
+
+use lock_api::MemoryLock;
+use lock_api::conformance::{self, Config, Fixture};
+
+async fn memory() -> Fixture {
+    let locks = MemoryLock::new();
+    Fixture::new(Arc::new(locks.clone()), Arc::new(locks))
+}
+
+lock_api::conformance_tests!(memory);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_passes_on_memory() {
+    let locks = MemoryLock::new();
+    let other = locks.clone();
+    conformance::run_all(&locks, &other, &Config::default()).await;
+    assert_eq!(locks.held(), 0, "the suite must leave no lock held");
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the comparison benchmarks (Criterion; HTML report under
+# target/criterion). `--quick` is a short smoke run.
+#
+#   scripts/bench.sh            # full run
+#   scripts/bench.sh --quick    # smoke run (CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+criterion_args=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) criterion_args+=(--warm-up-time 0.2 --measurement-time 0.5 --sample-size 10) ;;
+        *) criterion_args+=("$arg") ;;
+    esac
+done
+
+pg_line="$(scripts/ensure-servers.sh | tail -n1)"
+export "${pg_line?}"
+
+cargo bench -p distlock --bench lock_cycle -- "${criterion_args[@]}"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real, throwaway Redis and PostgreSQL
+# servers (started by lock-testkit), installing the server binaries first when
+# they are missing. Extra arguments go to `cargo test`.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -p lock-api     # one crate
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pg_line="$(scripts/ensure-servers.sh | tail -n1)"
+export "${pg_line?}"
+
+cargo test --workspace --all-features "$@"
+
+# lock-testkit must not leave servers behind: no redis-server or postgres
+# process may still run out of one of its directories (their working
+# directory is the server's data directory under distlock-testkit-<uid>/).
+leftovers() {
+    local pid cwd
+    for pid in $(pgrep -x redis-server; pgrep -x postgres); do
+        cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
+        if [[ "$cwd" == *distlock-testkit-* ]]; then
+            echo "$pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) (in $cwd)"
+        fi
+    done
+}
+for _ in $(seq 50); do
+    [[ -z "$(leftovers)" ]] && break
+    sleep 0.1 # the kernel's parent-death signals are delivered asynchronously
+done
+if [[ -n "$(leftovers)" ]]; then
+    echo "error: lock-testkit left server processes behind:" >&2
+    leftovers >&2
+    exit 1
+fi
+echo "no server processes left behind"

@@ -44,7 +44,7 @@
 //!
 //! ```ignore
 //! lock_api::conformance_tests!(|| async {
-//!     let server = lock_testkit::RedisServer::start().await;
+//!     let server = lock_testkit::RedisServer::start().expect("redis-server");
 //!     let lock = RedisLock::connect(&server.url()).await.expect("connect");
 //!     let other = RedisLock::connect(&server.url()).await.expect("connect");
 //!     Fixture::new(Arc::new(lock), Arc::new(other))

@@ -1,5 +1,8 @@
 //! The public trait users program against, and how any [`LockBackend`] implements it.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -201,4 +204,73 @@ fn grant<B: LockBackend>(
         started,
         ttl,
     )
+}
+
+/// Shared handles are locks too, so `Arc<dyn DistributedLock>` can go where a
+/// `L: DistributedLock` is expected. Forwards the inner boxed future as is: no
+/// second allocation per call.
+impl<T: DistributedLock + ?Sized> DistributedLock for Arc<T> {
+    fn try_acquire<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        name: &'life1 str,
+        ttl: Duration,
+    ) -> BoxFuture<'async_trait, Result<Option<LockGuard>, LockError>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        T::try_acquire(self, name, ttl)
+    }
+
+    fn acquire<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        name: &'life1 str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> BoxFuture<'async_trait, Result<LockGuard, LockError>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        T::acquire(self, name, ttl, wait)
+    }
+}
+
+/// The future type `async_trait` gives the trait's methods.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryLock;
+
+    async fn book<L: DistributedLock>(locks: &L) -> Result<u64, LockError> {
+        let guard = locks
+            .acquire("ticket:1", Duration::from_secs(5), Duration::ZERO)
+            .await?;
+        let token = guard.fencing_token();
+        guard.release().await?;
+        Ok(token)
+    }
+
+    #[tokio::test]
+    async fn shared_handles_and_trait_objects_are_locks_too() {
+        let concrete = Arc::new(MemoryLock::new());
+        let dynamic: Arc<dyn DistributedLock> = concrete.clone();
+        assert_eq!(book(&concrete).await.expect("free"), 1);
+        assert_eq!(book(&dynamic).await.expect("free"), 2);
+        assert_eq!(book(&*concrete).await.expect("free"), 3);
+    }
+
+    #[tokio::test]
+    async fn a_wait_too_large_for_the_clock_waits_without_limit() {
+        let locks = MemoryLock::new();
+        let guard = locks
+            .acquire("forever", Duration::from_secs(1), Duration::MAX)
+            .await
+            .expect("a free lock is acquired at once");
+        guard.release().await.expect("still ours");
+    }
 }

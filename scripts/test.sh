@@ -17,11 +17,13 @@ cargo test --workspace --all-features "$@"
 # process may still run out of one of its directories (their working
 # directory is the server's data directory under distlock-testkit-<uid>/).
 leftovers() {
-    local pid cwd
-    for pid in $(pgrep -x redis-server; pgrep -x postgres); do
-        cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
+    local proc comm cwd
+    for proc in /proc/[0-9]*; do
+        comm="$(cat "$proc/comm" 2>/dev/null || true)"
+        [[ "$comm" == redis-server || "$comm" == postgres ]] || continue
+        cwd="$(readlink "$proc/cwd" 2>/dev/null || true)"
         if [[ "$cwd" == *distlock-testkit-* ]]; then
-            echo "$pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) (in $cwd)"
+            echo "${proc#/proc/} $(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null) (in $cwd)"
         fi
     done
 }

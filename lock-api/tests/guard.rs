@@ -339,3 +339,56 @@ async fn extend_rejects_bad_ttls_without_touching_the_lock() {
     assert!(!guard.is_lost());
     guard.release().await.expect("still ours");
 }
+
+/// A guard owned by a task that never finishes is dropped while its runtime
+/// shuts down — the case where spawning from `Drop` is known to panic in
+/// other libraries (tokio-rs/tokio#3043).
+fn guard_dropped_by_runtime_shutdown(runtime: tokio::runtime::Runtime) {
+    let locks = MemoryLock::new();
+    let guard = runtime
+        .block_on(locks.acquire("shutdown", Duration::from_millis(200), Duration::ZERO))
+        .expect("free lock");
+    let mut renewing = runtime
+        .block_on(locks.acquire(
+            "shutdown-renewing",
+            Duration::from_millis(200),
+            Duration::ZERO,
+        ))
+        .expect("free lock");
+    runtime.block_on(async {
+        renewing.auto_renew();
+    });
+    runtime.spawn(async move {
+        let _held = (guard, renewing);
+        std::future::pending::<()>().await;
+    });
+    drop(runtime); // drops the task, and with it the guards: must not panic
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        for name in ["shutdown", "shutdown-renewing"] {
+            let again = bounded(
+                "re-acquire after the TTL",
+                locks.acquire(name, Duration::from_secs(1), Duration::from_secs(5)),
+            )
+            .await
+            .expect("the TTL frees the lock");
+            again.release().await.expect("still ours");
+        }
+    });
+}
+
+#[test]
+fn guards_dropped_while_a_multi_thread_runtime_shuts_down_do_not_panic() {
+    guard_dropped_by_runtime_shutdown(tokio::runtime::Runtime::new().expect("runtime"));
+}
+
+#[test]
+fn guards_dropped_while_a_current_thread_runtime_shuts_down_do_not_panic() {
+    guard_dropped_by_runtime_shutdown(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    );
+}

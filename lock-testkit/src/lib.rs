@@ -1,5 +1,6 @@
 //! Throwaway `redis-server` and PostgreSQL processes for distlock's tests and
-//! benchmarks, with fault handles (kill, pause, resume, restart).
+//! benchmarks, with fault handles (kill, pause, resume, restart), and a proxy
+//! that makes the network between client and server slow, silent or cut.
 //!
 //! Every server runs as a child process on a free port of `127.0.0.1`, in a
 //! private temporary directory, and is ready when `start` returns. No process
@@ -34,6 +35,16 @@
 //! # }
 //! ```
 //!
+//! Faults of the network rather than the server come from a [`LinkProxy`]:
+//! a TCP proxy on a loopback port of its own, forwarding to a server's
+//! address, that clients use instead of the server.
+//!
+//! - [`set_delay`](LinkProxy::set_delay): latency added to each direction.
+//! - [`blackhole`](LinkProxy::blackhole): connections stay open but nothing
+//!   gets through, so clients time out.
+//! - [`cut`](LinkProxy::cut): connections reset, new ones refused.
+//! - [`restore`](LinkProxy::restore): back to normal, on the same port.
+//!
 //! # Environment
 //!
 //! - Binaries: `redis-server` from `PATH`; PostgreSQL from `$DISTLOCK_PG_BIN`
@@ -50,6 +61,7 @@
 
 mod error;
 mod exit_cleanup;
+mod link;
 mod pg_binaries;
 mod pg_server;
 mod pg_template;
@@ -59,6 +71,7 @@ mod spawner;
 mod workdir;
 
 pub use error::TestkitError;
+pub use link::{LinkProxy, LinkState};
 pub use pg_server::{PgOptions, PgServer};
 pub use process::process_is_alive;
 pub use redis_server::{RedisOptions, RedisServer};

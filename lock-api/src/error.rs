@@ -31,6 +31,10 @@ pub enum LockError {
     /// The connection URL does not parse, or names a scheme this build cannot serve.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
+    /// A client option is out of range or inconsistent (a key prefix with a
+    /// brace, a pool of zero connections, ...). The message names the option.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The lock server could not be reached, or the connection failed mid-command.
     #[error("cannot reach the lock server: {0}")]
     Connection(#[source] BoxError),

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::guard::BackendInfo;
-use crate::{Attempt, LockBackend, LockError, LockGuard, validate_name, validate_ttl};
+use crate::{Attempt, LockBackend, LockError, LockGuard, Wakeup, validate_name, validate_ttl};
 
 /// A distributed lock service: named locks with a TTL and a fencing token.
 ///
@@ -52,10 +52,18 @@ pub trait DistributedLock: Send + Sync {
     /// and wakes early when the backend signals a release. A `wait` too large
     /// to add to the clock (such as `Duration::MAX`) waits without limit.
     ///
+    /// An attempt that fails with [`LockError::Connection`] does not end the
+    /// wait: the server may be back (a restart, a reconnect) before the
+    /// deadline, so attempts go on with the same backoff.
+    ///
     /// # Errors
     ///
     /// As [`try_acquire`](DistributedLock::try_acquire), plus
-    /// [`LockError::Timeout`].
+    /// [`LockError::Timeout`] when the lock stayed held until the deadline.
+    /// When the latest attempt before the deadline failed to reach the
+    /// server, that [`LockError::Connection`] is returned instead, so the
+    /// cause is not hidden behind a timeout. With `wait` zero, a connection
+    /// failure returns at once.
     ///
     /// # Cancel safety
     ///
@@ -94,42 +102,79 @@ impl<B: LockBackend> DistributedLock for B {
         let mut wakeup = self.subscribe(name).await;
         let backoff = self.backoff();
         let mut failures: u32 = 0;
+        // The connection error of the latest attempt, if it failed with one:
+        // what the caller gets at the deadline instead of `Timeout`.
+        let mut last_error: Option<LockError> = None;
+        // Waiters of this process queue up: one that arrives behind others
+        // waits for its turn instead of racing them for the lock.
+        let mut attempt_now = wakeup.as_ref().is_none_or(Wakeup::is_first);
         loop {
-            let try_started = Instant::now();
-            let outcome = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, self.try_lock(name, ttl))
-                    .await
-                    .map_err(|_| LockError::Timeout)??,
-                None => self.try_lock(name, ttl).await?,
-            };
-            let retry_after = match outcome {
-                Attempt::Acquired {
-                    lease,
-                    fencing_token,
-                } => {
-                    let guard = grant(self, name, ttl, try_started, lease, fencing_token);
-                    tracing::debug!(
-                        lock.name = name,
-                        lock.backend = self.kind(),
-                        lock.fencing_token = fencing_token,
-                        waited = ?started.elapsed(),
-                        attempts = failures + 1,
-                        "lock acquired"
-                    );
-                    return Ok(guard);
+            let mut retry_after = None;
+            if attempt_now {
+                let try_started = Instant::now();
+                let outcome = match deadline {
+                    Some(deadline) => {
+                        match tokio::time::timeout_at(deadline, self.try_lock(name, ttl)).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => return Err(last_error.unwrap_or(LockError::Timeout)),
+                        }
+                    }
+                    None => self.try_lock(name, ttl).await,
+                };
+                match outcome {
+                    Ok(Attempt::Acquired {
+                        lease,
+                        fencing_token,
+                    }) => {
+                        let guard = grant(self, name, ttl, try_started, lease, fencing_token);
+                        // Leaving the line wakes the next waiter, whose
+                        // attempt tells the server that someone still waits.
+                        drop(wakeup);
+                        tracing::debug!(
+                            lock.name = name,
+                            lock.backend = self.kind(),
+                            lock.fencing_token = fencing_token,
+                            waited = ?started.elapsed(),
+                            attempts = failures + 1,
+                            "lock acquired"
+                        );
+                        return Ok(guard);
+                    }
+                    Ok(Attempt::Held { retry_after: left }) => {
+                        last_error = None;
+                        retry_after = left;
+                    }
+                    // The server may be back before the deadline: keep trying.
+                    Err(err @ LockError::Connection(_)) => {
+                        tracing::debug!(
+                            lock.name = name,
+                            lock.backend = self.kind(),
+                            error = %err,
+                            "lock attempt failed; retrying until the deadline"
+                        );
+                        last_error = Some(err);
+                    }
+                    Err(err) => return Err(err),
                 }
-                Attempt::Held { retry_after } => retry_after,
+                failures = failures.saturating_add(1);
+            }
+            // The first in line retries on the backoff schedule (and on
+            // wake-ups); the others only now and then, as a safety net, and
+            // otherwise wait for a wake-up to be passed down the line.
+            let in_line = wakeup.as_ref().is_some_and(|wakeup| !wakeup.is_first());
+            let mut delay = if in_line {
+                backoff.max / 2 + backoff.delay(u32::MAX) / 2
+            } else {
+                backoff.delay(failures.saturating_sub(1))
             };
-            let mut delay = backoff.delay(failures);
             if let Some(retry_after) = retry_after {
                 delay = delay.min(retry_after);
             }
-            failures = failures.saturating_add(1);
             let now = Instant::now();
             let mut wake_at = now.checked_add(delay).unwrap_or(now);
             if let Some(deadline) = deadline {
                 if now >= deadline {
-                    return Err(timed_out(self, name, started));
+                    return Err(last_error.unwrap_or_else(|| timed_out(self, name, started)));
                 }
                 wake_at = wake_at.min(deadline);
             }
@@ -143,8 +188,9 @@ impl<B: LockBackend> DistributedLock for B {
                 None => tokio::time::sleep_until(wake_at).await,
             }
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(timed_out(self, name, started));
+                return Err(last_error.unwrap_or_else(|| timed_out(self, name, started)));
             }
+            attempt_now = true;
         }
     }
 }
@@ -253,6 +299,75 @@ mod tests {
         let token = guard.fencing_token();
         guard.release().await?;
         Ok(token)
+    }
+
+    /// Fails its first `failures` attempts as if the server were away.
+    struct Flaky {
+        inner: MemoryLock,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait]
+    impl LockBackend for Flaky {
+        type Lease = crate::MemoryLease;
+
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+
+        fn max_ttl(&self) -> Duration {
+            self.inner.max_ttl()
+        }
+
+        async fn try_lock(
+            &self,
+            name: &str,
+            ttl: Duration,
+        ) -> Result<Attempt<Self::Lease>, LockError> {
+            use std::sync::atomic::Ordering;
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(LockError::connection("server restarting"));
+            }
+            self.inner.try_lock(name, ttl).await
+        }
+    }
+
+    fn flaky(failures: u32) -> Flaky {
+        Flaky {
+            inner: MemoryLock::new(),
+            failures: failures.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_failures_are_retried_until_the_deadline() {
+        let ttl = Duration::from_secs(5);
+        let locks = flaky(3);
+        let guard = locks
+            .acquire("a", ttl, Duration::from_secs(10))
+            .await
+            .expect("the server came back within the wait");
+        guard.release().await.expect("release");
+
+        // Never back: the caller learns why, not just that time ran out.
+        let locks = flaky(u32::MAX);
+        let err = locks
+            .acquire("a", ttl, Duration::from_millis(50))
+            .await
+            .expect_err("unreachable");
+        assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+
+        // Without a wait there is no retry.
+        let locks = flaky(1);
+        let err = locks
+            .acquire("a", ttl, Duration::ZERO)
+            .await
+            .expect_err("one attempt");
+        assert!(matches!(err, LockError::Connection(_)), "{err:?}");
     }
 
     #[tokio::test]

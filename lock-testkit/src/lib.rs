@@ -59,6 +59,7 @@
 //!   what a killed test process left behind is removed by the next one.
 //! - As root, PostgreSQL runs as the `nobody` user (it refuses to run as root).
 
+mod cpu;
 mod error;
 mod exit_cleanup;
 mod link;
@@ -70,6 +71,7 @@ mod redis_server;
 mod spawner;
 mod workdir;
 
+pub use cpu::{available_cpus, pin_current_thread, pin_process};
 pub use error::TestkitError;
 pub use link::{LinkProxy, LinkState};
 pub use pg_server::{PgOptions, PgServer};

@@ -435,6 +435,7 @@ fn wait_ready(
 }
 
 /// Whether the server answers `PING` with `+PONG` (not `-LOADING`) within 200 ms.
+/// A server with `requirepass` answers `-NOAUTH`, which also means it is up.
 fn ping(port: u16) -> bool {
     const TIMEOUT: Duration = Duration::from_millis(200);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -445,5 +446,8 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut reply = [0u8; 64];
-    matches!(stream.read(&mut reply), Ok(n) if reply[..n].starts_with(b"+PONG"))
+    matches!(
+        stream.read(&mut reply),
+        Ok(n) if reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH")
+    )
 }

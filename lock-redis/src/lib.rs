@@ -1,9 +1,89 @@
-//! Redis backend for [distlock](https://docs.rs/distlock).
+//! Redis backend for [distlock](https://docs.rs/distlock): [`RedisLock`].
 //!
-//! The backend itself (`RedisLock`: `SET key token NX PX ttl` with a fencing
-//! counter, compare-token release and extend, wake-ups on release) is built
-//! on the contract in [`lock_api`]. This crate re-exports the driver it is
-//! built on, so users never have to match its version by hand.
+//! ```no_run
+//! use std::time::Duration;
+//! use lock_redis::RedisLock;
+//! use lock_redis::lock_api::DistributedLock;
+//!
+//! # async fn demo() -> Result<(), lock_redis::lock_api::LockError> {
+//! let locks = RedisLock::connect("redis://127.0.0.1:6379").await?;
+//! let guard = locks.acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2)).await?;
+//! // … write with guard.fencing_token() …
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! - **One connection, shared.** A `RedisLock` holds one multiplexed,
+//!   auto-reconnecting connection (redis-rs' `ConnectionManager`); clones
+//!   share it, and concurrent operations pipeline on its socket. With
+//!   wake-ups on (the default) it also holds one subscriber connection.
+//! - **Acquire is one round trip**: a Lua script does
+//!   `SET <lock> <token> NX PX <ttl>` and, only when that succeeds, `INCR`s
+//!   the name's fencing counter and returns it; when the lock is held it
+//!   returns the holder's remaining TTL (`PTTL`), and a waiter never sleeps
+//!   past it. Tokens are 128-bit random values, one per acquisition.
+//! - **Release and extend compare the token** in a script (never a plain
+//!   `DEL` or `PEXPIRE`), so a holder whose TTL ran out cannot touch the
+//!   next holder's lock; either returns [`LockError::Lost`] when the lock
+//!   is no longer ours. Scripts run by `EVALSHA`, and are loaded again when
+//!   the server's script cache is empty (restart, `SCRIPT FLUSH`).
+//! - **Keys**: `<prefix>{<name>}` for the lock and `<prefix>{<name>}:fence`
+//!   for its counter (prefix `distlock:` by default), with `%` and `}` in
+//!   the name written as `%25` and `%7D`. The braces are a Redis Cluster
+//!   hash tag: the two keys always share a slot, whatever the name holds.
+//!   Counters have no TTL, so they keep rising across acquisitions: about
+//!   80 bytes of server memory per distinct name ever locked. A failed
+//!   attempt also raises `<prefix>{<name>}:waiters` (it expires 10 s after
+//!   the holder's TTL), so that a release publishes only when someone
+//!   waits.
+//! - **Waiting**: a failed attempt raises the name's waiters flag; a
+//!   release that finds it `PUBLISH`es the name on `<prefix>released`, and
+//!   each `RedisLock`'s subscriber connection wakes the first waiter of its
+//!   process for that name, which tries again at once (an uncontended
+//!   release publishes nothing). Waiters register before their first
+//!   attempt, so a release cannot slip between an attempt and the wait, and
+//!   waiters of one process queue up in arrival order instead of all racing
+//!   for each release. Expiries and missed messages (a reconnecting
+//!   subscriber) are caught by lock-api's jittered backoff (2 ms doubling to
+//!   100 ms, never past the holder's remaining TTL); after a resubscribe
+//!   every waiter looks again.
+//! - **Timeouts**: connecting takes at most the connect timeout (3 s by
+//!   default); a command at most connect timeout + response timeout (1 s),
+//!   so a dead or frozen server gives [`LockError::Connection`] in bounded
+//!   time, never a hang.
+//! - **Renewal** is lock-api's: `guard.auto_renew()` extends at ttl/3 and
+//!   marks the guard lost when the lock is found taken, or when the server
+//!   stays unreachable past the guard's validity.
+//!
+//! # Guarantees and their limits
+//!
+//! On one Redis server that keeps its data, at most one guard holds a name
+//! at a time, until its TTL runs out, and fencing tokens strictly increase
+//! per name. A server restarted without persistence forgets its locks and
+//! counters: a lock can then be granted twice and tokens start again at 1 —
+//! the fencing check in your storage keeps the protected write single only
+//! while the counter survives (use AOF with `appendfsync always` if that
+//! matters). A lock lives on the server clock; the guard's `valid_until`
+//! is a conservative bound on the local monotonic clock (ttl minus 1 % and
+//! 2 ms). Failover to a replica can lose the last writes, and with them a
+//! lock: Redis replication is asynchronous.
+//!
+//! [`LockError::Lost`]: lock_api::LockError::Lost
+//! [`LockError::Connection`]: lock_api::LockError::Connection
+
+mod error;
+mod keys;
+mod listener;
+mod lock;
+mod options;
+mod scripts;
+mod url;
+
+pub use lock::{REDIS_MAX_TTL, RedisLease, RedisLock};
+pub use options::{DEFAULT_PREFIX, RedisLockOptions};
 
 pub use lock_api;
 pub use redis;

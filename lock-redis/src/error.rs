@@ -1,0 +1,75 @@
+//! Driver errors, sorted into the [`LockError`] kinds callers match on.
+
+use std::time::Duration;
+
+use lock_api::LockError;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// A failed Redis operation: what was attempted, against which server
+/// (URL without its password), and the driver's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on {target}: {source}")]
+pub(crate) struct RedisFailure {
+    pub(crate) op: &'static str,
+    pub(crate) target: String,
+    #[source]
+    pub(crate) source: RedisError,
+}
+
+/// An operation that did not finish in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on {target}: no answer within {after:?}")]
+pub(crate) struct TimedOut {
+    pub(crate) op: &'static str,
+    pub(crate) target: String,
+    pub(crate) after: Duration,
+}
+
+/// True when `err` means the server could not be reached or is briefly
+/// unable to serve (loading, failing over): worth retrying.
+fn is_transient(err: &RedisError) -> bool {
+    if err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+    {
+        return true;
+    }
+    matches!(
+        err.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::ReadOnly
+            )
+    )
+}
+
+/// Sorts a driver error: unreachable or briefly unavailable →
+/// [`LockError::Connection`], anything else the server said →
+/// [`LockError::Backend`].
+pub(crate) fn classify(op: &'static str, target: &str, source: RedisError) -> LockError {
+    let transient = is_transient(&source);
+    let failure = RedisFailure {
+        op,
+        target: target.to_owned(),
+        source,
+    };
+    if transient {
+        LockError::connection(failure)
+    } else {
+        LockError::backend(failure)
+    }
+}
+
+/// The error for an operation that ran out of time.
+pub(crate) fn timed_out(op: &'static str, target: &str, after: Duration) -> LockError {
+    LockError::connection(TimedOut {
+        op,
+        target: target.to_owned(),
+        after,
+    })
+}

@@ -1,0 +1,114 @@
+//! The one subscriber connection per [`RedisLock`](crate::RedisLock) that
+//! turns published releases into in-process wake-ups.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lock_api::{Backoff, LockError, WakeHub};
+use redis::aio::PubSubStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::error::{classify, timed_out};
+
+/// Subscribes to `channel` and keeps a task listening on it, waking
+/// `hub`'s waiters by name. Returns once the subscription is confirmed,
+/// so every release published after `connect` returns is seen. The task
+/// stops when the returned guard is dropped.
+pub(crate) async fn start(
+    client: redis::Client,
+    channel: String,
+    hub: WakeHub,
+    connect_timeout: Duration,
+    target: String,
+) -> Result<DropGuard, LockError> {
+    let stream = subscribe(&client, &channel, connect_timeout, &target).await?;
+    let stop = CancellationToken::new();
+    let listener = Listener {
+        client,
+        channel,
+        hub,
+        connect_timeout,
+        target,
+        stop: stop.clone(),
+    };
+    tokio::spawn(listener.run(stream));
+    Ok(stop.drop_guard())
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    connect_timeout: Duration,
+    target: &str,
+) -> Result<PubSubStream, LockError> {
+    let subscribing = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub.into_on_message())
+    };
+    match tokio::time::timeout(connect_timeout, subscribing).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(classify("subscribe", target, err)),
+        Err(_) => Err(timed_out("subscribe", target, connect_timeout)),
+    }
+}
+
+struct Listener {
+    client: redis::Client,
+    channel: String,
+    hub: WakeHub,
+    connect_timeout: Duration,
+    target: String,
+    stop: CancellationToken,
+}
+
+impl Listener {
+    async fn run(self, first: PubSubStream) {
+        let mut stream = Some(first);
+        let backoff = Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+        };
+        let mut failures = 0u32;
+        loop {
+            if let Some(mut messages) = stream.take() {
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Ok(name) = std::str::from_utf8(message.get_payload_bytes()) {
+                                    self.hub.notify(name);
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+                tracing::debug!(server = %self.target, "wake-up subscription lost; resubscribing");
+            }
+            let delay = backoff.delay(failures);
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            let resubscribed = tokio::select! {
+                () = self.stop.cancelled() => return,
+                result = subscribe(&self.client, &self.channel, self.connect_timeout, &self.target) => result,
+            };
+            match resubscribed {
+                Ok(messages) => {
+                    failures = 0;
+                    stream = Some(messages);
+                    // Releases may have gone by unseen: every waiter looks again.
+                    self.hub.notify_all();
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(server = %self.target, error = %err, "cannot resubscribe for wake-ups yet");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! [`RedisLock`]: the backend, and [`RedisLease`]: one granted lock.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, Wakeup};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::DropGuard;
+
+use crate::error::{classify, timed_out};
+use crate::keys::Keys;
+use crate::options::RedisLockOptions;
+use crate::scripts::{ACQUIRE, EXTEND, RELEASE};
+
+/// The largest TTL [`RedisLock`] accepts: ten years (Redis itself takes
+/// more, but a lock held that long is a bug).
+pub const REDIS_MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Locks in one Redis server: `SET key token NX PX ttl` with a fencing
+/// counter, compare-token release and extend, waiters woken on release.
+///
+/// Cheap to clone: clones share one multiplexed, auto-reconnecting
+/// connection (concurrent operations pipeline on it) and, with wake-ups on,
+/// one subscriber connection. Implements
+/// [`DistributedLock`](lock_api::DistributedLock) through
+/// [`LockBackend`]; see the [crate docs](crate) for keys, scripts and
+/// guarantees.
+#[derive(Clone)]
+pub struct RedisLock {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    /// The URL without its password, for `Debug` and errors.
+    target: String,
+    options: RedisLockOptions,
+    /// Where releases are published (also with wake-ups off here: other
+    /// clients may be listening).
+    channel: String,
+    /// Whether this client listens for releases.
+    wake_on_release: bool,
+    wake: WakeHub,
+    /// Stops the subscriber task when the last clone goes away.
+    _listener: Option<DropGuard>,
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("server", &self.inner.target)
+            .field("prefix", &self.inner.options.prefix)
+            .field("wake_on_release", &self.inner.wake_on_release)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLock {
+    /// Connects to the Redis server at `url`: `redis://[user[:password]@]host[:port][/db]`,
+    /// or `rediss://…` for TLS (with the `tls` feature).
+    ///
+    /// Uses the default [`RedisLockOptions`]; use those to change the key
+    /// prefix or the timeouts.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidUrl`] for a URL that does not parse;
+    /// [`LockError::Connection`] when the server cannot be reached within
+    /// the connect timeout (3 s by default); [`LockError::Backend`] when it
+    /// refuses the credentials.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::connect_with(url, RedisLockOptions::default()).await
+    }
+
+    /// The options for [`RedisLockOptions::connect`].
+    pub fn options() -> RedisLockOptions {
+        RedisLockOptions::default()
+    }
+
+    pub(crate) async fn connect_with(
+        url: &str,
+        options: RedisLockOptions,
+    ) -> Result<Self, LockError> {
+        options.validate()?;
+        let client = crate::url::client(url)?;
+        let target = crate::url::redact(url);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let connecting = ConnectionManager::new_with_config(client.clone(), config);
+        let conn = bounded("connect", &target, options.connect_timeout, connecting).await?;
+        let wake = WakeHub::new();
+        let channel = format!("{}released", options.prefix);
+        let listener = if options.wake_on_release {
+            let guard = crate::listener::start(
+                client,
+                channel.clone(),
+                wake.clone(),
+                options.connect_timeout,
+                target.clone(),
+            )
+            .await?;
+            Some(guard)
+        } else {
+            None
+        };
+        let wake_on_release = options.wake_on_release;
+        Ok(RedisLock {
+            inner: Arc::new(Inner {
+                conn,
+                target,
+                options,
+                channel,
+                wake_on_release,
+                wake,
+                _listener: listener,
+            }),
+        })
+    }
+
+    /// The key prefix this lock uses.
+    pub fn prefix(&self) -> &str {
+        &self.inner.options.prefix
+    }
+
+    /// The shared multiplexed connection, for commands of your own next to
+    /// the locks (they pipeline with the lock traffic).
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
+impl Inner {
+    /// Runs one script invocation with the reconnect and reply bounded.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
+        let mut conn = self.conn.clone();
+        let limit = self
+            .options
+            .connect_timeout
+            .saturating_add(self.options.response_timeout);
+        bounded(op, &self.target, limit, invocation.invoke_async(&mut conn)).await
+    }
+}
+
+/// Awaits a driver future for at most `limit`, sorting its errors.
+async fn bounded<T>(
+    op: &'static str,
+    target: &str,
+    limit: Duration,
+    future: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, LockError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(classify(op, target, err)),
+        Err(_) => Err(timed_out(op, target, limit)),
+    }
+}
+
+/// Whole milliseconds, rounded up, so the server never holds a lock for
+/// less than its TTL. Fits: TTLs are at most [`REDIS_MAX_TTL`].
+fn millis_ceil(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// A fresh 128-bit random token, as 32 hex digits.
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[async_trait]
+impl LockBackend for RedisLock {
+    type Lease = RedisLease;
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn max_ttl(&self) -> Duration {
+        REDIS_MAX_TTL
+    }
+
+    fn drift(&self) -> Drift {
+        self.inner.options.drift
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.inner.options.backoff
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<RedisLease>, LockError> {
+        // Built before the request: if this future is dropped, or the reply
+        // is lost, after the server may have granted the lock, dropping the
+        // lease releases it in the background.
+        let mut lease = RedisLease {
+            inner: self.inner.clone(),
+            name: name.to_owned(),
+            keys: Keys::new(&self.inner.options.prefix, name),
+            token: new_token(),
+            state: State::MaybeHeld,
+        };
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(&lease.keys.lock)
+            .key(&lease.keys.fence)
+            .key(&lease.keys.waiters)
+            .arg(&lease.token)
+            .arg(millis_ceil(ttl));
+        let (granted, value): (i64, i64) = self.inner.run("acquire", &invocation).await?;
+        if granted == 1 {
+            let fencing_token = u64::try_from(value).map_err(|_| {
+                LockError::backend(format!(
+                    "fencing counter {} holds {value}; it must be a positive integer",
+                    lease.keys.fence
+                ))
+            })?;
+            Ok(Attempt::Acquired {
+                lease,
+                fencing_token,
+            })
+        } else {
+            lease.state = State::NotHeld;
+            let retry_after = u64::try_from(value).ok().map(Duration::from_millis);
+            Ok(Attempt::Held { retry_after })
+        }
+    }
+
+    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
+        // The subscriber connection is already listening, so registering
+        // here is enough for no release to slip by.
+        self.inner
+            .wake_on_release
+            .then(|| self.inner.wake.subscribe(name))
+    }
+}
+
+/// Whether the server may still hold our token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Granted, or possibly granted (reply not seen): release it.
+    MaybeHeld,
+    /// Released by us.
+    Released,
+    /// Known not to be ours: never granted, expired or taken over.
+    NotHeld,
+}
+
+/// One lock granted by [`RedisLock`]: its keys and token.
+///
+/// Guards own it; users meet it only when implementing their own backend
+/// on top. Dropped while possibly held, it releases itself in the
+/// background (on the current Tokio runtime, if any); otherwise the TTL
+/// frees the lock.
+pub struct RedisLease {
+    inner: Arc<Inner>,
+    name: String,
+    keys: Keys,
+    token: String,
+    state: State,
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("key", &self.keys.lock)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLease {
+    /// Marks the lease as nothing to release, so dropping it does nothing.
+    fn disarm(&mut self) {
+        self.state = State::NotHeld;
+    }
+
+    async fn release_on_server(&mut self) -> Result<(), LockError> {
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation
+            .key(&self.keys.lock)
+            .key(&self.keys.waiters)
+            .arg(&self.token)
+            .arg(&self.inner.channel)
+            .arg(&self.name);
+        let released: i64 = self.inner.run("release", &invocation).await?;
+        if released == 1 {
+            self.state = State::Released;
+            Ok(())
+        } else {
+            self.state = State::NotHeld;
+            Err(LockError::Lost)
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for RedisLease {
+    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        if self.state != State::MaybeHeld {
+            return Err(LockError::Lost);
+        }
+        let mut invocation = EXTEND.prepare_invoke();
+        invocation
+            .key(&self.keys.lock)
+            .arg(&self.token)
+            .arg(millis_ceil(ttl));
+        let extended: i64 = self.inner.run("extend", &invocation).await?;
+        if extended == 1 {
+            Ok(())
+        } else {
+            self.state = State::NotHeld;
+            Err(LockError::Lost)
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), LockError> {
+        match self.state {
+            State::Released => Ok(()),
+            State::NotHeld => Err(LockError::Lost),
+            State::MaybeHeld => self.release_on_server().await,
+        }
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        if self.state != State::MaybeHeld {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the TTL frees the lock.
+        };
+        // Disarmed: if the task is dropped unfinished (runtime shutting
+        // down), this copy must not try again from its own drop.
+        let mut lease = RedisLease {
+            inner: self.inner.clone(),
+            name: std::mem::take(&mut self.name),
+            keys: self.keys.clone(),
+            token: std::mem::take(&mut self.token),
+            state: State::NotHeld,
+        };
+        self.disarm();
+        runtime.spawn(async move {
+            if let Err(err) = lease.release_on_server().await {
+                tracing::debug!(lock.key = %lease.keys.lock, error = %err, "background release failed; the TTL will free the lock");
+            }
+        });
+    }
+}

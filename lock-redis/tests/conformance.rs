@@ -1,0 +1,17 @@
+//! The lock-api conformance suite against a real redis-server.
+
+use std::sync::Arc;
+
+use lock_api::conformance::Fixture;
+use lock_redis::RedisLock;
+
+async fn redis() -> Fixture {
+    let url = lock_testkit::redis_url().expect("a redis-server for the tests");
+    let lock = RedisLock::connect(&url).await.expect("connect");
+    let other = RedisLock::connect(&url)
+        .await
+        .expect("connect a second client");
+    Fixture::new(Arc::new(lock), Arc::new(other))
+}
+
+lock_api::conformance_tests!(redis);

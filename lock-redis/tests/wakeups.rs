@@ -1,0 +1,147 @@
+//! Waiters are woken by a release (published by the server), not by polling.
+
+use std::time::Duration;
+
+use lock_api::{Backoff, DistributedLock};
+use lock_redis::RedisLock;
+use lock_testkit::RedisServer;
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// A backoff so slow that a waiter which gets the lock within the test's
+/// wait can only have been woken.
+fn no_polling() -> Backoff {
+    Backoff {
+        initial: Duration::from_secs(3600),
+        max: Duration::from_secs(3600),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_another_client_wakes_the_waiter() {
+    let url = lock_testkit::redis_url().expect("redis");
+    let holder = RedisLock::connect(&url).await.expect("connect");
+    let waiter = RedisLock::options()
+        .backoff(no_polling())
+        .connect(&url)
+        .await
+        .expect("connect");
+    let guard = holder
+        .acquire("wake", TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    let token = guard.fencing_token();
+    let waiting =
+        tokio::spawn(async move { waiter.acquire("wake", TTL, Duration::from_secs(10)).await });
+    // Let the waiter make its first (failing) attempt; the wake-up is
+    // registered before it, so releasing early would be fine too.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    guard.release().await.expect("release");
+    let next = waiting
+        .await
+        .expect("join")
+        .expect("woken by the release, long before any backoff");
+    assert!(next.fencing_token() > token);
+    next.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_is_noticed_without_a_wakeup() {
+    let url = lock_testkit::redis_url().expect("redis");
+    let holder = RedisLock::connect(&url).await.expect("connect");
+    let waiter = RedisLock::options()
+        .backoff(no_polling())
+        .connect(&url)
+        .await
+        .expect("connect");
+    let guard = holder
+        .acquire("expire", Duration::from_millis(300), Duration::ZERO)
+        .await
+        .expect("free");
+    // The waiter sleeps at most the holder's remaining TTL.
+    let next = waiter
+        .acquire("expire", TTL, Duration::from_secs(10))
+        .await
+        .expect("taken after the holder's TTL ran out");
+    assert!(
+        guard.is_lost()
+            || guard.remaining() == Duration::ZERO
+            || next.fencing_token() > guard.fencing_token()
+    );
+    next.release().await.expect("release");
+    drop(guard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_after_the_subscriber_reconnects() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let holder = RedisLock::connect(&server.url()).await.expect("connect");
+    let waiter = RedisLock::options()
+        .backoff(no_polling())
+        .connect(&server.url())
+        .await
+        .expect("connect");
+    server.restart().expect("restart");
+    // After the restart the subscriber resubscribes and wakes every waiter;
+    // from then on releases wake waiters again.
+    let guard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match holder.acquire("resubscribe", TTL, Duration::ZERO).await {
+                Ok(guard) => break guard,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the holder reconnects");
+    // The waiter's command connection reconnects too (its first command
+    // after the restart meets the dead socket, and with this backoff a
+    // failed attempt would not be retried within the test).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while waiter.try_acquire("probe", TTL).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the waiter reconnects");
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire("resubscribe", TTL, Duration::from_secs(20))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    guard.release().await.expect("release");
+    let next = waiting
+        .await
+        .expect("join")
+        .expect("woken after the subscriber came back");
+    next.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wakeups_waiting_falls_back_to_backoff() {
+    let url = lock_testkit::redis_url().expect("redis");
+    let holder = RedisLock::options()
+        .wake_on_release(false)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let waiter = RedisLock::options()
+        .wake_on_release(false)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let guard = holder
+        .acquire("no-wake", TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire("no-wake", TTL, Duration::from_secs(10))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    guard.release().await.expect("release");
+    let next = waiting.await.expect("join").expect("found free by polling");
+    next.release().await.expect("release");
+}

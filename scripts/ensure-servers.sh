@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the server binaries the tests and benchmarks start are installed:
-# redis-server and PostgreSQL (initdb, postgres, pg_isready, psql).
+# redis-server and PostgreSQL (initdb, postgres, pg_isready, psql), and openssl
+# (the TLS tests make their own throwaway CA with it).
 # Installs what is missing with apt-get (as root, or through sudo); otherwise
 # stops with the exact command to run. Prints the PostgreSQL bin directory it
 # found as `DISTLOCK_PG_BIN=...` on its last line, for callers to export.
@@ -30,6 +31,7 @@ find_pg_bin() {
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 find_pg_bin >/dev/null || missing+=(postgresql)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if ((${#missing[@]})); then
     install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"

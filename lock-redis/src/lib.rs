@@ -74,6 +74,8 @@
 //! [`LockError::Lost`]: lock_api::LockError::Lost
 //! [`LockError::Connection`]: lock_api::LockError::Connection
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod error;
 mod keys;
 mod listener;

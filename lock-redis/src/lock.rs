@@ -85,7 +85,7 @@ impl RedisLock {
         options: RedisLockOptions,
     ) -> Result<Self, LockError> {
         options.validate()?;
-        let client = crate::url::client(url)?;
+        let client = crate::url::client(url, options.tls_root_certificate.as_deref())?;
         let target = crate::url::redact(url);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

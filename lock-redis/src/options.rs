@@ -36,6 +36,8 @@ pub struct RedisLockOptions {
     pub(crate) wake_on_release: bool,
     pub(crate) backoff: Backoff,
     pub(crate) drift: Drift,
+    /// PEM CA certificates to trust for `rediss://` instead of the OS store.
+    pub(crate) tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl Default for RedisLockOptions {
@@ -47,6 +49,7 @@ impl Default for RedisLockOptions {
             wake_on_release: true,
             backoff: Backoff::default(),
             drift: Drift::default(),
+            tls_root_certificate: None,
         }
     }
 }
@@ -58,6 +61,7 @@ impl fmt::Debug for RedisLockOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("wake_on_release", &self.wake_on_release)
+            .field("tls_root_certificate", &self.tls_root_certificate.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +117,16 @@ impl RedisLockOptions {
     /// The clock-drift allowance for guards' `valid_until`.
     pub fn drift(mut self, drift: Drift) -> Self {
         self.drift = drift;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in `pem` for `rediss://` connections,
+    /// instead of the operating system's trust store: for servers with a
+    /// certificate from a private CA.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificate = Some(pem.into());
         self
     }
 

@@ -53,7 +53,11 @@ fn redact_query(tail: &str) -> String {
 }
 
 /// Parses `url` into a driver client, with errors that never echo a secret.
-pub(crate) fn client(url: &str) -> Result<redis::Client, LockError> {
+/// `root_certificate` (PEM) replaces the OS trust store for `rediss://`.
+pub(crate) fn client(
+    url: &str,
+    root_certificate: Option<&[u8]>,
+) -> Result<redis::Client, LockError> {
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
     match scheme {
         Some("redis" | "rediss" | "redis+unix" | "unix") => {}
@@ -70,7 +74,7 @@ pub(crate) fn client(url: &str) -> Result<redis::Client, LockError> {
             )));
         }
     }
-    redis::Client::open(url).map_err(|err| {
+    open(url, root_certificate).map_err(|err| {
         let hint =
             if scheme == Some("rediss") && err.kind() == redis::ErrorKind::InvalidClientConfig {
                 " (rediss:// needs TLS support: enable lock-redis' `tls` feature)"
@@ -82,9 +86,40 @@ pub(crate) fn client(url: &str) -> Result<redis::Client, LockError> {
     })
 }
 
+#[cfg(feature = "tls")]
+fn open(url: &str, root_certificate: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    // rustls needs a crypto provider; install ring unless the application
+    // installed one already (then this does nothing).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match root_certificate {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn open(url: &str, _root_certificate: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    redis::Client::open(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_without_the_tls_feature_says_what_to_enable() {
+        let err = client("rediss://:s3cret@localhost:6380", None).expect_err("no TLS");
+        assert!(matches!(err, LockError::InvalidUrl(_)), "{err:?}");
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
 
     #[test]
     fn passwords_are_removed() {
@@ -112,7 +147,7 @@ mod tests {
             "redis://user:s3cret@[::1",
             "redis://user:s3cret@host:notaport",
         ] {
-            let err = client(url).expect_err(url);
+            let err = client(url, None).expect_err(url);
             assert!(matches!(err, LockError::InvalidUrl(_)), "{url}: {err:?}");
             assert!(!err.to_string().contains("s3cret"), "{url}: {err}");
             assert!(!format!("{err:?}").contains("s3cret"), "{url}: {err:?}");

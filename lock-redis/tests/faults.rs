@@ -242,3 +242,65 @@ async fn script_flush_between_calls_is_harmless() {
         .expect("free again");
     again.release().await.expect("release");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_notices_a_lock_taken_over() {
+    let url = lock_testkit::redis_url().expect("redis");
+    let locks = RedisLock::connect(&url).await.expect("connect");
+    let ttl = Duration::from_millis(900);
+    let mut guard = locks
+        .acquire("taken-over", ttl, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.auto_renew();
+    // Someone else's token in the key: what a takeover after expiry looks like.
+    let mut raw = locks.connection();
+    let _: () = redis::cmd("SET")
+        .arg("distlock:{taken-over}")
+        .arg("someone-else")
+        .query_async(&mut raw)
+        .await
+        .expect("overwrite");
+    within(ttl + SLACK, "lost() after a takeover", guard.lost()).await;
+    assert!(guard.is_lost());
+    let err = guard.release().await.expect_err("not ours");
+    assert!(err.is_lost(), "{err:?}");
+    // The stale release did not delete the other holder's key.
+    let holder: String = redis::cmd("GET")
+        .arg("distlock:{taken-over}")
+        .query_async(&mut raw)
+        .await
+        .expect("get");
+    assert_eq!(holder, "someone-else");
+    let _: () = redis::cmd("DEL")
+        .arg("distlock:{taken-over}")
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_gives_up_when_the_server_stays_away_past_the_validity() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let locks = RedisLock::options()
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .connect(&server.url())
+        .await
+        .expect("connect");
+    let ttl = Duration::from_millis(900);
+    let mut guard = locks
+        .acquire("unreachable", ttl, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.auto_renew();
+    server.kill().expect("kill -9");
+    within(
+        ttl + SLACK,
+        "lost() once the validity ran out",
+        guard.lost(),
+    )
+    .await;
+    assert!(guard.is_lost());
+    assert_eq!(guard.remaining(), Duration::ZERO);
+}

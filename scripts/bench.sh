@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the comparison benchmarks (Criterion; HTML report under
-# target/criterion). `--quick` is a short smoke run.
+# Runs the benchmarks (Criterion; HTML report under target/criterion):
+# the in-process baseline, then each backend against its raw driver.
+# `--quick` is a short smoke run.
 #
 #   scripts/bench.sh            # full run
 #   scripts/bench.sh --quick    # smoke run (CI)
@@ -10,7 +11,10 @@ cd "$(dirname "$0")/.."
 criterion_args=()
 for arg in "$@"; do
     case "$arg" in
-        --quick) criterion_args+=(--warm-up-time 0.2 --measurement-time 0.5 --sample-size 10) ;;
+        --quick)
+            criterion_args+=(--warm-up-time 0.2 --measurement-time 0.5 --sample-size 10)
+            export DISTLOCK_BENCH_QUICK=1
+            ;;
         *) criterion_args+=("$arg") ;;
     esac
 done
@@ -19,3 +23,6 @@ pg_line="$(scripts/ensure-servers.sh | tail -n1)"
 export "${pg_line?}"
 
 cargo bench -p distlock --bench lock_cycle -- "${criterion_args[@]}"
+# Redis backend vs raw redis-rs, and hand-off latency (pins server and client
+# to different cores).
+cargo bench -p lock-redis --bench redis_lock -- "${criterion_args[@]}"

@@ -261,6 +261,38 @@ fn hand_offs(rt: &Runtime, server: &RedisServer) {
     }
 }
 
+/// The positional arguments (Criterion's name filters), skipping the values
+/// of Criterion's options.
+fn name_filters() -> Vec<String> {
+    const WITH_VALUE: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--output-format",
+        "--profile-time",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--color",
+        "--format",
+        "--plotting-backend",
+    ];
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
+    filters
+}
+
 fn main() {
     let server = RedisServer::start().expect("redis-server");
     if lock_testkit::available_cpus() >= 2 {
@@ -274,10 +306,7 @@ fn main() {
         .build()
         .expect("runtime");
     let mut criterion = Criterion::default().configure_from_args();
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
+    let filter = name_filters();
     cycles(&mut criterion, &rt, &server);
     criterion.final_summary();
     if filter.is_empty() || filter.iter().any(|f| "hand_off".contains(f.as_str())) {

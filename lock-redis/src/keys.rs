@@ -4,9 +4,7 @@
 //! where `e` is `n` with `%` written as `%25` and `}` as `%7D`:
 //!
 //! - `p{e}`: the lock itself, a string holding the holder's token, with a TTL;
-//! - `p{e}:fence`: the name's fencing counter, an integer without a TTL;
-//! - `p{e}:waiters`: raised by a failed attempt, so the release knows to
-//!   publish; it expires 10 s after the holder's TTL.
+//! - `p{e}:fence`: the name's fencing counter, an integer without a TTL.
 //!
 //! Because `e` never contains `}`, the hash tag is exactly `e` whatever the
 //! name holds, so both keys always land in one Redis Cluster slot, and the
@@ -19,8 +17,6 @@ pub(crate) struct Keys {
     pub(crate) lock: String,
     /// The fencing counter, `INCR`ed on each acquisition.
     pub(crate) fence: String,
-    /// Raised by a failed attempt, so the release knows someone waits.
-    pub(crate) waiters: String,
 }
 
 impl Keys {
@@ -38,12 +34,7 @@ impl Keys {
         }
         lock.push('}');
         let fence = format!("{lock}:fence");
-        let waiters = format!("{lock}:waiters");
-        Keys {
-            lock,
-            fence,
-            waiters,
-        }
+        Keys { lock, fence }
     }
 }
 
@@ -94,11 +85,6 @@ mod tests {
         ] {
             let keys = Keys::new("distlock:", name);
             assert_eq!(hash_tag(&keys.lock), hash_tag(&keys.fence), "name {name:?}");
-            assert_eq!(
-                hash_tag(&keys.lock),
-                hash_tag(&keys.waiters),
-                "name {name:?}"
-            );
             assert!(!hash_tag(&keys.lock).is_empty(), "name {name:?}");
             assert_ne!(hash_tag(&keys.lock), keys.lock, "name {name:?} has no tag");
         }
@@ -106,17 +92,7 @@ mod tests {
 
     #[test]
     fn escaping_is_injective() {
-        let names = [
-            "}",
-            "%7D",
-            "%",
-            "%25",
-            "a}",
-            "a%7D",
-            "x:fence",
-            "x}:fence",
-            "x}:waiters",
-        ];
+        let names = ["}", "%7D", "%", "%25", "a}", "a%7D", "x:fence", "x}:fence"];
         let mut seen = std::collections::HashSet::new();
         for name in names {
             let keys = Keys::new("p:", name);

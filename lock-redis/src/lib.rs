@@ -35,12 +35,11 @@
 //!   the name written as `%25` and `%7D`. The braces are a Redis Cluster
 //!   hash tag: the two keys always share a slot, whatever the name holds.
 //!   Counters have no TTL, so they keep rising across acquisitions: about
-//!   80 bytes of server memory per distinct name ever locked. A failed
-//!   attempt also raises `<prefix>{<name>}:waiters` (it expires 10 s after
-//!   the holder's TTL), so that a release publishes only when someone
-//!   waits.
-//! - **Waiting**: a failed attempt raises the name's waiters flag; a
-//!   release that finds it `PUBLISH`es the name on `<prefix>released`, and
+//!   80 bytes of server memory per distinct name ever locked. The lock's
+//!   value is the holder's token, with a `+` appended by the first attempt
+//!   that finds it held.
+//! - **Waiting**: a failed attempt marks the held lock (the `+`); a
+//!   release that finds the mark `PUBLISH`es the name on `<prefix>released`, and
 //!   each `RedisLock`'s subscriber connection wakes the first waiter of its
 //!   process for that name, which tries again at once (an uncontended
 //!   release publishes nothing). Waiters register before their first

@@ -212,7 +212,6 @@ impl LockBackend for RedisLock {
         invocation
             .key(&lease.keys.lock)
             .key(&lease.keys.fence)
-            .key(&lease.keys.waiters)
             .arg(&lease.token)
             .arg(millis_ceil(ttl));
         let (granted, value): (i64, i64) = self.inner.run("acquire", &invocation).await?;
@@ -287,7 +286,6 @@ impl RedisLease {
         let mut invocation = RELEASE.prepare_invoke();
         invocation
             .key(&self.keys.lock)
-            .key(&self.keys.waiters)
             .arg(&self.token)
             .arg(&self.inner.channel)
             .arg(&self.name);

@@ -7,40 +7,44 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `KEYS[1]` lock, `KEYS[2]` fence, `KEYS[3]` waiters flag; `ARGV[1]`
-/// token, `ARGV[2]` TTL in ms.
+/// `KEYS[1]` lock, `KEYS[2]` fence; `ARGV[1]` token, `ARGV[2]` TTL in ms.
 ///
 /// Returns `{1, fencing_token}` when the lock was free and is now ours, or
 /// `{0, pttl}` with the holder's remaining TTL in ms when it is held. A
-/// failed attempt raises the waiters flag (for the holder's TTL plus 10 s),
-/// so that the release knows to publish.
+/// failed attempt marks the held lock as waited for, by appending `+` to
+/// the holder's token (which keeps its TTL), so that its release publishes.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('INCR', KEYS[2])}
 end
-local pttl = redis.call('PTTL', KEYS[1])
-redis.call('SET', KEYS[3], '1', 'PX', math.max(pttl, 0) + 10000)
-return {0, pttl}
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, -1) ~= '+' then
+  redis.call('APPEND', KEYS[1], '+')
+end
+return {0, redis.call('PTTL', KEYS[1])}
 ",
     )
 });
 
-/// `KEYS[1]` lock, `KEYS[2]` waiters flag; `ARGV[1]` token, `ARGV[2]`
-/// channel, `ARGV[3]` message (the lock name).
+/// `KEYS[1]` lock; `ARGV[1]` token, `ARGV[2]` channel, `ARGV[3]` message
+/// (the lock name).
 ///
-/// Deletes the lock only if it still holds our token, then, if someone
-/// failed to take it meanwhile, publishes the name so waiters try again.
-/// Returns 1 when released, 0 when the lock was no longer ours.
+/// Deletes the lock only if it still holds our token; if someone failed to
+/// take it meanwhile (the `+` mark), publishes the name so waiters try
+/// again. Returns 1 when released, 0 when the lock was no longer ours.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  if redis.call('DEL', KEYS[2]) == 1 then
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
-  end
+  return 1
+end
+if held == ARGV[1] .. '+' then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0
@@ -54,7 +58,8 @@ return 0
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[1] .. '+' then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0

@@ -145,3 +145,52 @@ async fn without_wakeups_waiting_falls_back_to_backoff() {
     let next = waiting.await.expect("join").expect("found free by polling");
     next.release().await.expect("release");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_release_someone_waited_for_is_published() {
+    use futures::StreamExt;
+    let url = lock_testkit::redis_url().expect("redis");
+    let locks = RedisLock::connect(&url).await.expect("connect");
+    let client = lock_redis::redis::Client::open(url.as_str()).expect("url");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe("distlock:released")
+        .await
+        .expect("subscribe");
+    let mut messages = pubsub.into_on_message();
+    let suffix = format!("{:x}", rand::random::<u64>());
+    let (quiet, waited) = (format!("quiet-{suffix}"), format!("waited-{suffix}"));
+
+    let guard = locks
+        .acquire(&quiet, TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.release().await.expect("release");
+    let guard = locks
+        .acquire(&waited, TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    assert!(
+        locks
+            .try_acquire(&waited, TTL)
+            .await
+            .expect("try")
+            .is_none()
+    );
+    guard.release().await.expect("release");
+
+    // Messages arrive in publish order: a publish for the uncontended
+    // release would come before the one for the contended release.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = messages.next().await {
+            let name = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
+            assert_ne!(name, quiet, "an uncontended release was published");
+            if name == waited {
+                return;
+            }
+        }
+        panic!("the subscription ended");
+    })
+    .await
+    .expect("the contended release is published");
+}

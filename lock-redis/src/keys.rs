@@ -10,32 +10,26 @@
 //! name holds, so both keys always land in one Redis Cluster slot, and the
 //! encoding is injective: distinct names never share a key.
 
-/// The keys of one lock name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Keys {
-    /// The lock key: holds the holder's token, expires with the TTL.
-    pub(crate) lock: String,
-    /// The fencing counter, `INCR`ed on each acquisition.
-    pub(crate) fence: String,
+/// The lock key of `name` under `prefix` (which must not contain braces):
+/// `prefix{escaped name}`.
+pub(crate) fn lock_key(prefix: &str, name: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + name.len() + 2);
+    key.push_str(prefix);
+    key.push('{');
+    for ch in name.chars() {
+        match ch {
+            '%' => key.push_str("%25"),
+            '}' => key.push_str("%7D"),
+            other => key.push(other),
+        }
+    }
+    key.push('}');
+    key
 }
 
-impl Keys {
-    /// The keys of `name` under `prefix` (which must not contain braces).
-    pub(crate) fn new(prefix: &str, name: &str) -> Self {
-        let mut lock = String::with_capacity(prefix.len() + name.len() + 2);
-        lock.push_str(prefix);
-        lock.push('{');
-        for ch in name.chars() {
-            match ch {
-                '%' => lock.push_str("%25"),
-                '}' => lock.push_str("%7D"),
-                other => lock.push(other),
-            }
-        }
-        lock.push('}');
-        let fence = format!("{lock}:fence");
-        Keys { lock, fence }
-    }
+/// The fencing counter's key for a lock key: same hash tag, `:fence` after.
+pub(crate) fn fence_key(lock_key: &str) -> String {
+    format!("{lock_key}:fence")
 }
 
 /// Why a key prefix is unusable, if it is.
@@ -73,9 +67,9 @@ mod tests {
 
     #[test]
     fn plain_names_stay_readable() {
-        let keys = Keys::new("distlock:", "ticket:42");
-        assert_eq!(keys.lock, "distlock:{ticket:42}");
-        assert_eq!(keys.fence, "distlock:{ticket:42}:fence");
+        let lock = lock_key("distlock:", "ticket:42");
+        assert_eq!(lock, "distlock:{ticket:42}");
+        assert_eq!(fence_key(&lock), "distlock:{ticket:42}:fence");
     }
 
     #[test]
@@ -83,10 +77,11 @@ mod tests {
         for name in [
             "}", "{", "{}", "}x{", "a}b", "%7D", "*", "\n", "\"'", "ключ", "🎟",
         ] {
-            let keys = Keys::new("distlock:", name);
-            assert_eq!(hash_tag(&keys.lock), hash_tag(&keys.fence), "name {name:?}");
-            assert!(!hash_tag(&keys.lock).is_empty(), "name {name:?}");
-            assert_ne!(hash_tag(&keys.lock), keys.lock, "name {name:?} has no tag");
+            let lock = lock_key("distlock:", name);
+            let fence = fence_key(&lock);
+            assert_eq!(hash_tag(&lock), hash_tag(&fence), "name {name:?}");
+            assert!(!hash_tag(&lock).is_empty(), "name {name:?}");
+            assert_ne!(hash_tag(&lock), lock, "name {name:?} has no tag");
         }
     }
 
@@ -95,15 +90,12 @@ mod tests {
         let names = ["}", "%7D", "%", "%25", "a}", "a%7D", "x:fence", "x}:fence"];
         let mut seen = std::collections::HashSet::new();
         for name in names {
-            let keys = Keys::new("p:", name);
+            let lock = lock_key("p:", name);
             assert!(
-                seen.insert(keys.lock.clone()),
-                "lock key collision: {name:?}"
-            );
-            assert!(
-                seen.insert(keys.fence.clone()),
+                seen.insert(fence_key(&lock)),
                 "fence key collision: {name:?}"
             );
+            assert!(seen.insert(lock), "lock key collision: {name:?}");
         }
     }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::error::{classify, timed_out};
 
 /// Subscribes to `channel` and keeps a task listening on it, waking
-/// `hub`'s waiters by name. Returns once the subscription is confirmed,
+/// `hub`'s waiters by lock key. Returns once the subscription is confirmed,
 /// so every release published after `connect` returns is seen. The task
 /// stops when the returned guard is dropped.
 pub(crate) async fn start(
@@ -78,8 +78,9 @@ impl Listener {
                         () = self.stop.cancelled() => return,
                         message = messages.next() => match message {
                             Some(message) => {
-                                if let Ok(name) = std::str::from_utf8(message.get_payload_bytes()) {
-                                    self.hub.notify(name);
+                                // The payload is the released lock's key.
+                                if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
+                                    self.hub.notify(key);
                                 }
                             }
                             None => break,

@@ -11,9 +11,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::DropGuard;
 
 use crate::error::{classify, timed_out};
-use crate::keys::Keys;
+use crate::keys::{fence_key, lock_key};
 use crate::options::RedisLockOptions;
-use crate::scripts::{ACQUIRE, EXTEND, RELEASE};
+use crate::scripts::{EXTEND, MARK_WAITED, RELEASE};
 
 /// The largest TTL [`RedisLock`] accepts: ten years (Redis itself takes
 /// more, but a lock held that long is a bug).
@@ -152,6 +152,22 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Runs one pipeline (or transaction) with the reconnect and reply bounded.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, LockError> {
+        let mut conn = self.conn.clone();
+        let limit = self
+            .options
+            .connect_timeout
+            .saturating_add(self.options.response_timeout);
+        bounded(op, &self.target, limit, pipeline.query_async(&mut conn)).await
+    }
+}
+
 /// Awaits a driver future for at most `limit`, sorting its errors.
 async fn bounded<T>(
     op: &'static str,
@@ -172,9 +188,13 @@ fn millis_ceil(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-/// A fresh 128-bit random token, as 32 hex digits.
-fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// A per-acquisition token: 128 random bits as 32 lowercase hex digits.
+type Token = [u8; 32];
+
+fn new_token() -> Token {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    std::array::from_fn(|i| HEX[((bits >> (4 * (31 - i))) & 0xf) as usize])
 }
 
 #[async_trait]
@@ -203,42 +223,59 @@ impl LockBackend for RedisLock {
         // lease releases it in the background.
         let mut lease = RedisLease {
             inner: self.inner.clone(),
-            name: name.to_owned(),
-            keys: Keys::new(&self.inner.options.prefix, name),
+            key: lock_key(&self.inner.options.prefix, name),
             token: new_token(),
             state: State::MaybeHeld,
         };
-        let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(&lease.keys.lock)
-            .key(&lease.keys.fence)
-            .arg(&lease.token)
-            .arg(millis_ceil(ttl));
-        let (granted, value): (i64, i64) = self.inner.run("acquire", &invocation).await?;
-        if granted == 1 {
-            let fencing_token = u64::try_from(value).map_err(|_| {
+        // SET NX PX and INCR in one transaction: the counter moves with
+        // every attempt, but only a successful SET hands its value out, and
+        // the order of the values is the order of the grants.
+        let mut transaction = redis::pipe();
+        transaction
+            .atomic()
+            .cmd("SET")
+            .arg(&lease.key)
+            .arg(&lease.token[..])
+            .arg("NX")
+            .arg("PX")
+            .arg(millis_ceil(ttl))
+            .cmd("INCR")
+            .arg(fence_key(&lease.key));
+        let (granted, fence): (Option<String>, i64) =
+            self.inner.query("acquire", &transaction).await?;
+        if granted.is_some() {
+            let fencing_token = u64::try_from(fence).map_err(|_| {
                 LockError::backend(format!(
-                    "fencing counter {} holds {value}; it must be a positive integer",
-                    lease.keys.fence
+                    "fencing counter {} holds {fence}; it must be a positive integer",
+                    fence_key(&lease.key)
                 ))
             })?;
-            Ok(Attempt::Acquired {
+            return Ok(Attempt::Acquired {
                 lease,
                 fencing_token,
-            })
-        } else {
-            lease.state = State::NotHeld;
-            let retry_after = u64::try_from(value).ok().map(Duration::from_millis);
-            Ok(Attempt::Held { retry_after })
+            });
         }
+        lease.state = State::NotHeld;
+        // Held: mark it as waited for, so its release publishes, and learn
+        // how long it has left.
+        let mut invocation = MARK_WAITED.prepare_invoke();
+        invocation.key(&lease.key);
+        let pttl: i64 = self.inner.run("mark", &invocation).await?;
+        let retry_after = match pttl {
+            // Released since the attempt: try again at once.
+            -2 => Some(Duration::ZERO),
+            pttl => u64::try_from(pttl).ok().map(Duration::from_millis),
+        };
+        Ok(Attempt::Held { retry_after })
     }
 
     async fn subscribe(&self, name: &str) -> Option<Wakeup> {
         // The subscriber connection is already listening, so registering
         // here is enough for no release to slip by.
-        self.inner
-            .wake_on_release
-            .then(|| self.inner.wake.subscribe(name))
+        self.inner.wake_on_release.then(|| {
+            let key = lock_key(&self.inner.options.prefix, name);
+            self.inner.wake.subscribe(&key)
+        })
     }
 }
 
@@ -253,7 +290,7 @@ enum State {
     NotHeld,
 }
 
-/// One lock granted by [`RedisLock`]: its keys and token.
+/// One lock granted by [`RedisLock`]: its key and token.
 ///
 /// Guards own it; users meet it only when implementing their own backend
 /// on top. Dropped while possibly held, it releases itself in the
@@ -261,16 +298,16 @@ enum State {
 /// frees the lock.
 pub struct RedisLease {
     inner: Arc<Inner>,
-    name: String,
-    keys: Keys,
-    token: String,
+    /// The lock key (the name, prefixed and escaped).
+    key: String,
+    token: Token,
     state: State,
 }
 
 impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLease")
-            .field("key", &self.keys.lock)
+            .field("key", &self.key)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
@@ -285,10 +322,9 @@ impl RedisLease {
     async fn release_on_server(&mut self) -> Result<(), LockError> {
         let mut invocation = RELEASE.prepare_invoke();
         invocation
-            .key(&self.keys.lock)
-            .arg(&self.token)
-            .arg(&self.inner.channel)
-            .arg(&self.name);
+            .key(&self.key)
+            .arg(&self.token[..])
+            .arg(&self.inner.channel);
         let released: i64 = self.inner.run("release", &invocation).await?;
         if released == 1 {
             self.state = State::Released;
@@ -308,8 +344,8 @@ impl Lease for RedisLease {
         }
         let mut invocation = EXTEND.prepare_invoke();
         invocation
-            .key(&self.keys.lock)
-            .arg(&self.token)
+            .key(&self.key)
+            .arg(&self.token[..])
             .arg(millis_ceil(ttl));
         let extended: i64 = self.inner.run("extend", &invocation).await?;
         if extended == 1 {
@@ -341,15 +377,14 @@ impl Drop for RedisLease {
         // down), this copy must not try again from its own drop.
         let mut lease = RedisLease {
             inner: self.inner.clone(),
-            name: std::mem::take(&mut self.name),
-            keys: self.keys.clone(),
-            token: std::mem::take(&mut self.token),
+            key: std::mem::take(&mut self.key),
+            token: self.token,
             state: State::NotHeld,
         };
         self.disarm();
         runtime.spawn(async move {
             if let Err(err) = lease.release_on_server().await {
-                tracing::debug!(lock.key = %lease.keys.lock, error = %err, "background release failed; the TTL will free the lock");
+                tracing::debug!(lock.key = %lease.key, error = %err, "background release failed; the TTL will free the lock");
             }
         });
     }

@@ -179,8 +179,12 @@ async fn only_a_release_someone_waited_for_is_published() {
     );
     guard.release().await.expect("release");
 
-    // Messages arrive in publish order: a publish for the uncontended
-    // release would come before the one for the contended release.
+    // Messages carry the lock key, and arrive in publish order: a publish
+    // for the uncontended release would come before the contended one's.
+    let (quiet, waited) = (
+        format!("distlock:{{{quiet}}}"),
+        format!("distlock:{{{waited}}}"),
+    );
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(message) = messages.next().await {
             let name = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();

@@ -295,11 +295,8 @@ fn name_filters() -> Vec<String> {
 
 fn main() {
     let server = RedisServer::start().expect("redis-server");
-    if lock_testkit::available_cpus() >= 2 {
-        if let Some(pid) = server.pid() {
-            lock_testkit::pin_process(pid, 0).expect("pin redis-server to CPU 0");
-        }
-        lock_testkit::pin_current_thread(1).expect("pin the benchmark to CPU 1");
+    if let Some(pid) = server.pid() {
+        lock_testkit::pin_apart(pid).expect("pin server and client to different CPUs");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

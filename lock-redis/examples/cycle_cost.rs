@@ -139,11 +139,8 @@ async fn cycle(
 
 fn main() {
     let server = lock_testkit::RedisServer::start().expect("redis-server");
-    if lock_testkit::available_cpus() >= 2 {
-        if let Some(pid) = server.pid() {
-            lock_testkit::pin_process(pid, 0).expect("pin the server");
-        }
-        lock_testkit::pin_current_thread(1).expect("pin this program");
+    if let Some(pid) = server.pid() {
+        lock_testkit::pin_apart(pid).expect("pin server and client to different CPUs");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

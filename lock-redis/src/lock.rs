@@ -144,15 +144,9 @@ impl Inner {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LockError> {
         let mut conn = self.conn.clone();
-        let limit = self
-            .options
-            .connect_timeout
-            .saturating_add(self.options.response_timeout);
-        bounded(op, &self.target, limit, invocation.invoke_async(&mut conn)).await
+        self.bounded(op, invocation.invoke_async(&mut conn)).await
     }
-}
 
-impl Inner {
     /// Runs one pipeline (or transaction) with the reconnect and reply bounded.
     async fn query<T: redis::FromRedisValue>(
         &self,
@@ -160,11 +154,20 @@ impl Inner {
         pipeline: &redis::Pipeline,
     ) -> Result<T, LockError> {
         let mut conn = self.conn.clone();
+        self.bounded(op, pipeline.query_async(&mut conn)).await
+    }
+
+    /// A command may wait for a reconnect and then for its reply.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        future: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, LockError> {
         let limit = self
             .options
             .connect_timeout
             .saturating_add(self.options.response_timeout);
-        bounded(op, &self.target, limit, pipeline.query_async(&mut conn)).await
+        bounded(op, &self.target, limit, future).await
     }
 }
 

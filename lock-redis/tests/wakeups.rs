@@ -17,15 +17,21 @@ fn no_polling() -> Backoff {
     }
 }
 
+/// A holder's client and a waiter's client that never polls.
+async fn holder_and_waiter(url: &str) -> (RedisLock, RedisLock) {
+    let holder = RedisLock::connect(url).await.expect("connect");
+    let waiter = RedisLock::options()
+        .backoff(no_polling())
+        .connect(url)
+        .await
+        .expect("connect");
+    (holder, waiter)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_another_client_wakes_the_waiter() {
     let url = lock_testkit::redis_url().expect("redis");
-    let holder = RedisLock::connect(&url).await.expect("connect");
-    let waiter = RedisLock::options()
-        .backoff(no_polling())
-        .connect(&url)
-        .await
-        .expect("connect");
+    let (holder, waiter) = holder_and_waiter(&url).await;
     let guard = holder
         .acquire("wake", TTL, Duration::ZERO)
         .await
@@ -48,12 +54,7 @@ async fn a_release_on_another_client_wakes_the_waiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_is_noticed_without_a_wakeup() {
     let url = lock_testkit::redis_url().expect("redis");
-    let holder = RedisLock::connect(&url).await.expect("connect");
-    let waiter = RedisLock::options()
-        .backoff(no_polling())
-        .connect(&url)
-        .await
-        .expect("connect");
+    let (holder, waiter) = holder_and_waiter(&url).await;
     let guard = holder
         .acquire("expire", Duration::from_millis(300), Duration::ZERO)
         .await
@@ -75,12 +76,7 @@ async fn an_expiry_is_noticed_without_a_wakeup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_woken_after_the_subscriber_reconnects() {
     let mut server = RedisServer::start().expect("redis-server");
-    let holder = RedisLock::connect(&server.url()).await.expect("connect");
-    let waiter = RedisLock::options()
-        .backoff(no_polling())
-        .connect(&server.url())
-        .await
-        .expect("connect");
+    let (holder, waiter) = holder_and_waiter(&server.url()).await;
     server.restart().expect("restart");
     // After the restart the subscriber resubscribes and wakes every waiter;
     // from then on releases wake waiters again.

@@ -59,3 +59,20 @@ fn set_affinity(tid: i32, cpu: usize) -> Result<(), TestkitError> {
         ))
     }
 }
+
+/// For a latency benchmark on a small machine: pins the server process
+/// `server_pid` to CPU 0 and the calling thread (and the threads it starts
+/// later) to CPU 1, so client and server never share a core. Does nothing
+/// on a single-CPU machine; returns whether it pinned.
+///
+/// # Errors
+///
+/// [`TestkitError::Io`] when the kernel refuses.
+pub fn pin_apart(server_pid: u32) -> Result<bool, TestkitError> {
+    if available_cpus() < 2 {
+        return Ok(false);
+    }
+    pin_process(server_pid, 0)?;
+    pin_current_thread(1)?;
+    Ok(true)
+}

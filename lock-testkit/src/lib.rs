@@ -71,7 +71,7 @@ mod redis_server;
 mod spawner;
 mod workdir;
 
-pub use cpu::{available_cpus, pin_current_thread, pin_process};
+pub use cpu::{available_cpus, pin_apart, pin_current_thread, pin_process};
 pub use error::TestkitError;
 pub use link::{LinkProxy, LinkState};
 pub use pg_server::{PgOptions, PgServer};

@@ -1,9 +1,245 @@
-//! PostgreSQL advisory-lock backend for [distlock](https://docs.rs/distlock).
+//! PostgreSQL advisory-lock backend for [distlock](https://docs.rs/distlock):
+//! [`PgAdvisoryLock`] implements [`DistributedLock`] with
+//! `pg_try_advisory_lock` on a connection the guard owns, a TTL the
+//! *server* enforces, fencing tokens from a sequence, and `LISTEN`/`NOTIFY`
+//! wake-ups for waiters.
 //!
-//! The backend itself (`PgAdvisoryLock`: `pg_try_advisory_lock` on a
-//! connection the guard owns) is built on the contract in [`lock_api`]. This
-//! crate re-exports the driver it is built on, so users never have to match
-//! its version by hand.
+//! ```no_run
+//! use std::time::Duration;
+//! use lock_postgres::{DistributedLock, DistributedLockExt, PgAdvisoryLock};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lock_postgres::LockError> {
+//! let locks = PgAdvisoryLock::connect("postgres://app@db.internal/shop").await?;
+//!
+//! // Take it, do the work, give it back.
+//! let guard = locks
+//!     .acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2))
+//!     .await?;
+//! // UPDATE tickets SET holder = $1, fence = $2 WHERE id = 42 AND fence < $2
+//! let _fence = guard.fencing_token();
+//! guard.release().await?;
+//!
+//! // Or renew it in the background while the work runs.
+//! locks
+//!     .with_lock("report:daily", Duration::from_secs(30), Duration::ZERO, |lock| async move {
+//!         let _ = lock.fencing_token(); // … a long job …
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Build a client with [`PgLockOptions`] to set the pool size, timeouts, a
+//! key namespace, the fencing sequence or the waiting strategy;
+//! [`PgLockOptions::from_pool`] shares an application's sqlx pool instead.
+//! The crate re-exports the [`sqlx`] it is built on.
+//!
+//! # One lock, one connection
+//!
+//! A session-level advisory lock belongs to the connection that took it, so
+//! a held lock pins that connection until it is released: the guard owns
+//! it. A connection goes back to the pool only after `pg_advisory_unlock`
+//! answered `true` on it (PostgreSQL merely logs a WARNING for `false`; we
+//! return [`LockError::Lost`]). Every other way out — the guard dropped
+//! without `release`, a release or extend that was cancelled, timed out or
+//! failed, a granted lock whose acquire was cancelled mid-statement —
+//! **closes** the connection, which ends the session and frees whatever it
+//! held. No pooled connection ever carries a lock (the failure that makes
+//! deadpool-postgres run `pg_advisory_unlock_all()` on recycle).
+//!
+//! The pool is this crate's own (default 10 connections, see
+//! [`PgLockOptions::max_connections`]) because sqlx's pings every connection
+//! it gets back — a round trip per lock cycle; we know when a connection is
+//! clean. A stale idle connection (the server restarted) fails its first
+//! statement and the attempt moves on to another. One more connection
+//! per client `LISTEN`s for releases (see below).
+//!
+//! # What the TTL means
+//!
+//! Advisory locks never expire by themselves. Here the server enforces the
+//! TTL: the statement that takes the lock also sets `idle_session_timeout =
+//! ttl` on the holding session (PostgreSQL ≥ 14), so **a holding session
+//! that stays silent for the TTL is ended by PostgreSQL, and its lock is
+//! freed** — as a Redis key expires. [`extend`](LockGuard::extend) is one
+//! statement on the holding connection that checks `pg_locks` for the key
+//! and sets the timeout again (any statement restarts the idle timer). So
+//! the liveness check while holding *is* the renewal:
+//! [`auto_renew`](LockGuard::auto_renew) extends every `ttl / 3`, and a
+//! holder whose connection died learns it there, at the latest a third of
+//! the TTL later. Release restores the session's default timeout in the
+//! same statement as the unlock. Sub-millisecond TTLs round up; the
+//! longest TTL is `i32::MAX` ms (about 24.8 days).
+//!
+//! The guard's [`valid_until`](LockGuard::valid_until) (start of the
+//! acquire or extend + TTL − drift allowance) always ends before the
+//! server's deadline (end of that statement on the server + TTL), so a
+//! guard reports itself lost before another client can have the lock. An
+//! extend that is cancelled or gets no answer in time (renewal allows each
+//! one `ttl / 3`) closes the connection and so gives the lock up: in doubt,
+//! this backend lets go rather than guess.
+//!
+//! | what happens to the holder | the lock on the server | the holder's guard |
+//! |---|---|---|
+//! | process frozen (GC pause, SIGSTOP, suspended VM) | freed TTL after the last statement (the acquire or last extend) | [`is_lost`](LockGuard::is_lost) once `valid_until` passes; `extend` / `release` return `Lost` when it wakes |
+//! | process crashed or killed | freed at once (the kernel closes the socket) | — |
+//! | host gone (power, kernel panic) or network partition | freed TTL after the last statement: the session sits idle, `idle_session_timeout` ends it | `extend` gets no answer: after [`query_timeout`](PgLockOptions::query_timeout) (renewal: `ttl / 3`) the connection is closed and the result is `Lost` |
+//! | session terminated (`pg_terminate_backend`, pooler, idle killer) | freed at once | `Lost` on the next `extend` / `release`; with renewal within `ttl / 3` ([`lost`](LockGuard::lost) resolves) |
+//! | server restart or crash | every lock freed | as above; the client reconnects by itself |
+//!
+//! Server-side TCP keepalives ([`PgLockOptions::tcp_keepalives`], default
+//! 10 s + 3 × 5 s) cover the one case the idle timeout does not: a session
+//! blocked *writing* to a vanished client, bounded at about 25 s. Our
+//! statements return one small row, so in practice the TTL is the bound.
+//! sqlx sets no client-side keepalives; the query timeout bounds the client.
+//!
+//! Servers older than 14 have no `idle_session_timeout`: [`connect`](PgLockOptions::connect)
+//! refuses them ([`LockError::Backend`]) rather than offer a TTL that a
+//! frozen client would not honour.
+//!
+//! # Keys
+//!
+//! A name maps to the `bigint` key through [`lock_key`]: the first 8 bytes
+//! of SHA-256 of its UTF-8 bytes, big-endian — stable across processes,
+//! platforms and versions (vectors are pinned by tests), and computable in
+//! SQL ([`KEY_SQL`]):
+//!
+//! ```sql
+//! ('x' || substr(encode(sha256(convert_to('ticket:42', 'UTF8')), 'hex'), 1, 16))::bit(64)::bigint
+//! ```
+//!
+//! An optional [key namespace](PgLockOptions::key_namespace) is prepended.
+//! Among `n` names in use, a collision (two names, one lock) has probability
+//! about `n² / 2⁶⁵`: 3 × 10⁻⁸ for a million names. Applications that own a
+//! key space lock raw keys with [`PgAdvisoryLock::acquire_key`] — the same
+//! lock as `pg_advisory_lock(key)` anywhere else.
+//!
+//! # Fencing tokens
+//!
+//! Each grant takes `nextval` of one sequence (default
+//! `public.distlock_fencing_token`) in the same statement as the lock, so
+//! tokens strictly increase across all clients and names. The sequence is
+//! created on first use (`CREATE SEQUENCE IF NOT EXISTS`) when missing; a
+//! role that may not create or use it gets a [`LockError::Backend`] that
+//! spells out the `CREATE SEQUENCE` / `GRANT USAGE` to run. On a server
+//! whose default is `synchronous_commit = off` (or `local`), the acquire
+//! statement makes its own commit wait for the WAL flush, so a crash cannot
+//! hand out old tokens again (`nextval` logs only every 32nd value, so this
+//! costs a flush per 32 grants).
+//!
+//! # Waiting: `LISTEN`/`NOTIFY`, measured
+//!
+//! [`acquire`](DistributedLock::acquire) retries `pg_try_advisory_lock`
+//! (lock-api's jittered backoff, 2 ms doubling to 100 ms) and, with
+//! [`WaitStrategy::Notify`] (the default), wakes at once when a release is
+//! announced: the unlock statement also runs `pg_notify('distlock', key)`,
+//! and one listener connection per client wakes that client's waiters on
+//! the key. Waiters never hold a connection while they wait.
+//!
+//! The rejected alternative, a blocking `pg_advisory_lock` under
+//! `lock_timeout`, hands off fastest but pins a connection per *waiter*
+//! (not just per holder), and a grant racing the timeout needs an extra
+//! check. Measured on a 2-core VM (PostgreSQL 15 from lock-testkit on
+//! localhost, `fsync` off; Criterion, one run; each party a client of its
+//! own; every holder keeps the lock ~1 ms, then steps back until another
+//! party has had it; "gap" is from the holder deciding to release to the
+//! next holder's grant, unlock round trip included; "longest wait" is the
+//! longest single `acquire`):
+//!
+//! | waiters | strategy | gap median | gap p99 | gap max | longest wait |
+//! |---|---|---|---|---|---|
+//! | 2 | notify | 0.40 ms | 0.72 ms | 2.6 ms | 41 ms |
+//! | 2 | poll   | 1.30 ms | 5.6 ms | 47 ms | 646 ms |
+//! | 8 | notify | 0.61 ms | 1.4 ms | 7.2 ms | 318 ms |
+//! | 8 | poll   | 0.36 ms | 15.8 ms | 87 ms | 564 ms |
+//!
+//! With eight pollers one of them often retries just after a release (a
+//! low median), but the tail is the backoff's; `NOTIFY` wakes every waiter
+//! at once, so the tail stays short and the median pays for the herd of
+//! attempts. Neither is fair: a waiter can lose several rounds in a row
+//! (try-lock waiting has no queue), hence the long longest waits.
+//!
+//! The price of `NOTIFY` is paid on every release, contended or not: the
+//! notification needs a transaction id and a commit record (written
+//! asynchronously) and serialises briefly with other notifying commits.
+//! What a lock cycle costs next to raw sqlx sending `pg_try_advisory_lock`
+//! and `pg_advisory_unlock` on one held connection (Criterion means, same
+//! run):
+//!
+//! | | raw sqlx | distlock, notify | distlock, poll |
+//! |---|---|---|---|
+//! | 1 task, acquire + release | 273 µs | 307 µs (1.12×) | 294 µs (1.08×) |
+//! | 16 tasks, distinct names | 25,500 cycles/s | 16,000/s (0.63×) | 15,700/s (0.61×) |
+//! | 1 task, CPUs kept awake¹ | 114 µs | 183 µs (1.61×) | 199 µs (1.75×) |
+//! | 16 tasks, CPUs kept awake¹ | 20,100 cycles/s | 14,000/s (0.70×) | 14,300/s (0.71×) |
+//!
+//! ¹ `DISTLOCK_BENCH_BUSY=1`: nice-19 spinners keep the VM's vCPUs from
+//! idling. An idle vCPU takes tens of µs to wake, which dominates a single
+//! task's round trips and hides what the statements cost; with the CPUs
+//! awake the difference shows. It is the work our statements do on top of
+//! the raw pair — the fencing token (`nextval`), the server-side TTL
+//! (`set_config` on grant, reset on release), `NOTIFY`'s commit — plus the
+//! client's pool, guard and query timeouts; with 16 tasks the two CPUs are
+//! saturated, so every extra microsecond of CPU, client or server, shows in
+//! throughput. Reproduce with `cargo bench -p lock-postgres --bench pg_lock`
+//! (`DISTLOCK_BENCH_QUICK=1` for a smoke run of seconds).
+//!
+//! Choose [`WaitStrategy::Poll`] for many short, rarely contended locks.
+//!
+//! # When the pool runs out
+//!
+//! Each held lock pins a connection, so a client holding
+//! `max_connections` locks cannot take another. `acquire` then waits for a
+//! connection at most its `wait` (`try_acquire`: at most
+//! [`pool_timeout`](PgLockOptions::pool_timeout)) and fails with
+//! [`LockError::Connection`] wrapping [`PoolExhausted`] — "connection pool
+//! exhausted: all 10 connections are in use, 10 of them pinned by locks
+//! this client holds …" — rather than a bare `Timeout`. Size the pool for
+//! the locks you hold at once plus those being taken; on the server, every
+//! held lock costs a backend process and a `max_connections` slot. Holding
+//! many locks for a long time is what Redis is for.
+//!
+//! # Transaction-scoped locks and PgBouncer
+//!
+//! Behind PgBouncer in *transaction* pooling, a session lock would stay on
+//! a server connection that other clients then use: use [`xact`] instead —
+//! `pg_try_advisory_xact_lock` inside your own transaction, released by its
+//! commit or rollback, sharing keys and fencing tokens with session locks.
+//! [`xact`] explains when to use which. Behind *session* pooling this
+//! client works as is (turn off [`tcp_keepalives`](PgLockOptions::tcp_keepalives),
+//! which PgBouncer rejects as a startup option).
+//!
+//! # Connecting
+//!
+//! `postgres://` and `postgresql://` URLs with the libpq-style parameters
+//! sqlx understands (`sslmode`, `sslrootcert`, `application_name`, `options`,
+//! …). A URL that does not parse is [`LockError::InvalidUrl`]; a server that
+//! cannot be reached is [`LockError::Connection`] within the
+//! [connect timeout](PgLockOptions::connect_timeout) (default 5 s). No error,
+//! `Debug` or `Display` output contains the URL's password. TLS needs one of
+//! sqlx's TLS features enabled in your build; without one, `sslmode=require`
+//! fails to connect rather than fall back to plain text.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod key;
+mod lease;
+mod listener;
+mod lock;
+mod options;
+mod pool;
+mod sequence;
+mod shared;
+mod sql;
+mod url;
+pub mod xact;
+
+pub use error::PoolExhausted;
+pub use key::{KEY_SQL, lock_key, lock_key_in};
+pub use lock::PgAdvisoryLock;
+pub use options::{PgLockOptions, TcpKeepalives, WaitStrategy};
+pub use xact::XactLocks;
 
 pub use lock_api;
+pub use lock_api::{DistributedLock, DistributedLockExt, LockError, LockGuard};
 pub use sqlx;

@@ -1,0 +1,83 @@
+//! How driver errors become [`LockError`]s, and the errors this crate adds.
+
+use std::fmt;
+
+use lock_api::LockError;
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
+
+/// Every connection this client may open is in use, and none came free in
+/// time. Returned inside [`LockError::Connection`] (reach it with
+/// [`std::error::Error::source`] and `downcast_ref`).
+///
+/// Each held lock pins one connection until it is released, so a client
+/// holding as many locks as it has connections cannot take another: release
+/// locks sooner, or raise [`PgLockOptions::max_connections`](crate::PgLockOptions::max_connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolExhausted {
+    /// The pool's size.
+    pub max_connections: u32,
+    /// How many of its connections were pinned by locks this client held.
+    pub held_by_locks: usize,
+}
+
+impl fmt::Display for PoolExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection pool exhausted: all {} connections are in use, {} of them pinned by \
+             locks this client holds (each held PostgreSQL advisory lock keeps its own \
+             connection); release locks or raise max_connections",
+            self.max_connections, self.held_by_locks
+        )
+    }
+}
+
+impl std::error::Error for PoolExhausted {}
+
+/// True when `err` means the session is gone or its connection unusable:
+/// whatever locks the session held are freed (or will be, once the server
+/// notices), and the connection must not be used again.
+pub(crate) fn session_gone(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
+            Some(pg) => {
+                matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)
+                    || pg.code().starts_with("08")
+                    || pg.code().starts_with("57P")
+            }
+            None => false,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
+/// A driver error as a [`LockError`]: [`LockError::Connection`] when the
+/// connection failed, [`LockError::Backend`] when the server refused.
+pub(crate) fn from_sqlx(err: sqlx::Error) -> LockError {
+    if session_gone(&err) {
+        LockError::connection(err)
+    } else {
+        LockError::backend(err)
+    }
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// A round trip that did not answer within the query timeout.
+pub(crate) fn query_timed_out(what: &str, timeout: std::time::Duration) -> LockError {
+    LockError::connection(format!(
+        "{what} got no answer from PostgreSQL within {timeout:?}; its connection was closed"
+    ))
+}

@@ -1,0 +1,319 @@
+//! The connections locks are taken on: a small pool of our own (or an
+//! application's sqlx pool), where a connection that may hold a lock is
+//! closed rather than put back.
+//!
+//! Why our own pool by default: sqlx's `Pool` pings every connection it gets
+//! back (and, by default, every one it hands out) — a round trip per lock
+//! cycle that would double its cost. We know exactly when a connection is
+//! clean (its unlock just answered `true`), so ours puts it back without a ping;
+//! a stale idle connection (server restarted) is found by the next statement
+//! on it, which the caller retries on another connection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lock_api::LockError;
+use sqlx::ConnectOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, Postgres};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
+
+use crate::PoolExhausted;
+
+/// Where lock connections come from.
+pub(crate) struct ConnPool {
+    kind: Kind,
+    /// Connections currently pinned by held locks.
+    held: AtomicUsize,
+    connect_timeout: Duration,
+}
+
+enum Kind {
+    Own(Box<OwnPool>),
+    Sqlx(PgPool),
+}
+
+struct OwnPool {
+    options: PgConnectOptions,
+    max: u32,
+    permits: Arc<Semaphore>,
+    /// Clean connections, most recently used at the back.
+    idle: Mutex<VecDeque<IdleConn>>,
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+}
+
+struct IdleConn {
+    conn: PgConnection,
+    since: Instant,
+}
+
+/// Why no connection could be had.
+pub(crate) enum AcquireError {
+    /// Every connection is in use and none came free in time.
+    Exhausted(PoolExhausted),
+    /// A new connection could not be opened.
+    Connect(LockError),
+}
+
+impl ConnPool {
+    pub(crate) fn own(
+        options: PgConnectOptions,
+        max: u32,
+        connect_timeout: Duration,
+        idle_timeout: Option<Duration>,
+    ) -> Arc<Self> {
+        Arc::new(ConnPool {
+            kind: Kind::Own(Box::new(OwnPool {
+                options,
+                max,
+                permits: Arc::new(Semaphore::new(max as usize)),
+                idle: Mutex::new(VecDeque::new()),
+                connect_timeout,
+                idle_timeout,
+            })),
+            held: AtomicUsize::new(0),
+            connect_timeout,
+        })
+    }
+
+    pub(crate) fn sqlx(pool: PgPool, connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(ConnPool {
+            kind: Kind::Sqlx(pool),
+            held: AtomicUsize::new(0),
+            connect_timeout,
+        })
+    }
+
+    /// The pool's size.
+    pub(crate) fn max_connections(&self) -> u32 {
+        match &self.kind {
+            Kind::Own(own) => own.max,
+            Kind::Sqlx(pool) => pool.options().get_max_connections(),
+        }
+    }
+
+    /// Connections pinned by held locks right now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections (own pool) right now.
+    pub(crate) fn idle(&self) -> usize {
+        match &self.kind {
+            Kind::Own(own) => own.lock_idle().len(),
+            Kind::Sqlx(pool) => pool.num_idle(),
+        }
+    }
+
+    pub(crate) fn exhausted(&self) -> PoolExhausted {
+        PoolExhausted {
+            max_connections: self.max_connections(),
+            held_by_locks: self.held(),
+        }
+    }
+
+    /// A connection, waiting for one to come free until `until` (`None`:
+    /// as long as it takes).
+    ///
+    /// Cancel safe: a connection is only ever handed out inside a [`Conn`],
+    /// which closes it when dropped.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        until: Option<Instant>,
+    ) -> Result<Conn, AcquireError> {
+        match &self.kind {
+            Kind::Own(own) => {
+                let permit = match Arc::clone(&own.permits).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(TryAcquireError::NoPermits) => {
+                        let wait = Arc::clone(&own.permits).acquire_owned();
+                        let permit = match until {
+                            Some(until) => tokio::time::timeout_at(until, wait)
+                                .await
+                                .map_err(|_| AcquireError::Exhausted(self.exhausted()))?,
+                            None => wait.await,
+                        };
+                        // The semaphore is never closed.
+                        permit.map_err(|_| AcquireError::Exhausted(self.exhausted()))?
+                    }
+                    Err(TryAcquireError::Closed) => {
+                        return Err(AcquireError::Exhausted(self.exhausted()));
+                    }
+                };
+                if let Some(conn) = own.pop_idle() {
+                    return Ok(self.wrap(Inner::Own(conn, permit), true));
+                }
+                let connect = own.options.connect();
+                let conn = match tokio::time::timeout(own.connect_timeout, connect).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => return Err(AcquireError::Connect(LockError::connection(err))),
+                    Err(_) => {
+                        return Err(AcquireError::Connect(LockError::connection(format!(
+                            "could not connect to PostgreSQL within {:?}",
+                            own.connect_timeout
+                        ))));
+                    }
+                };
+                Ok(self.wrap(Inner::Own(conn, permit), false))
+            }
+            Kind::Sqlx(pool) => {
+                if let Some(conn) = pool.try_acquire() {
+                    return Ok(self.wrap(Inner::Sqlx(conn), true));
+                }
+                // With room to open a connection, opening it may take the
+                // connect timeout even when the caller's wait is shorter.
+                let room = pool.size() < self.max_connections();
+                let until = match (until, room) {
+                    (Some(until), true) => Some(until.max(Instant::now() + self.connect_timeout)),
+                    (until, _) => until,
+                };
+                let outcome = match until {
+                    Some(until) => tokio::time::timeout_at(until, pool.acquire()).await,
+                    None => Ok(pool.acquire().await),
+                };
+                let starved = || pool.num_idle() == 0 && pool.size() >= self.max_connections();
+                match outcome {
+                    Ok(Ok(conn)) => Ok(self.wrap(Inner::Sqlx(conn), true)),
+                    Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) if starved() => {
+                        Err(AcquireError::Exhausted(self.exhausted()))
+                    }
+                    Ok(Err(err)) => Err(AcquireError::Connect(LockError::connection(err))),
+                    Err(_) => Err(AcquireError::Connect(LockError::connection(
+                        "timed out waiting for a connection from the sqlx pool",
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn wrap(self: &Arc<Self>, inner: Inner, reused: bool) -> Conn {
+        Conn {
+            inner: Some(inner),
+            reused,
+            pool: Arc::clone(self),
+        }
+    }
+}
+
+impl OwnPool {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<IdleConn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection; drops those idle too long.
+    fn pop_idle(&self) -> Option<PgConnection> {
+        let mut idle = self.lock_idle();
+        if let Some(limit) = self.idle_timeout {
+            while idle.front().is_some_and(|c| c.since.elapsed() > limit) {
+                // Dropping closes the socket; the server ends the session.
+                idle.pop_front();
+            }
+        }
+        idle.pop_back().map(|c| c.conn)
+    }
+
+    fn push_idle(&self, conn: PgConnection) {
+        self.lock_idle().push_back(IdleConn {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+enum Inner {
+    Own(PgConnection, OwnedSemaphorePermit),
+    Sqlx(PoolConnection<Postgres>),
+}
+
+/// One connection out of the pool. Dropping it **closes** it: whatever
+/// session state it had (an advisory lock, a short `idle_session_timeout`)
+/// ends with the session. Only [`Conn::recycle`] puts it back.
+pub(crate) struct Conn {
+    inner: Option<Inner>,
+    /// It was used before (so it may have gone stale while idle).
+    pub(crate) reused: bool,
+    pool: Arc<ConnPool>,
+}
+
+impl Conn {
+    pub(crate) fn raw(&mut self) -> &mut PgConnection {
+        match self.inner.as_mut() {
+            Some(Inner::Own(conn, _)) => conn,
+            Some(Inner::Sqlx(conn)) => conn,
+            None => unreachable!("a Conn is only emptied by recycle or drop, which consume it"),
+        }
+    }
+
+    /// Puts a connection known to be clean (no advisory lock, default
+    /// settings, no statement in flight) back into the pool.
+    pub(crate) fn recycle(mut self) {
+        match self.inner.take() {
+            Some(Inner::Own(conn, permit)) => {
+                if let Kind::Own(own) = &self.pool.kind {
+                    own.push_idle(conn);
+                }
+                // After the push, so a waiter woken by the permit finds the connection.
+                drop(permit);
+            }
+            // sqlx's own return path (it pings the connection first).
+            Some(Inner::Sqlx(conn)) => drop(conn),
+            None => {}
+        }
+    }
+
+    /// Marks this connection as pinned by a held lock until the returned
+    /// [`Pinned`] is dropped or recycled.
+    pub(crate) fn pin(self) -> Pinned {
+        self.pool.held.fetch_add(1, Ordering::Relaxed);
+        let count = HeldCount(Arc::clone(&self.pool));
+        Pinned {
+            conn: self,
+            _count: count,
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        match self.inner.take() {
+            // Closing the socket ends the session on the server, and its locks with it.
+            Some(Inner::Own(conn, permit)) => {
+                drop(conn);
+                drop(permit);
+            }
+            Some(Inner::Sqlx(conn)) => drop(conn.detach()),
+            None => {}
+        }
+    }
+}
+
+/// A connection that holds a lock. Dropping it closes the connection.
+pub(crate) struct Pinned {
+    conn: Conn,
+    _count: HeldCount,
+}
+
+impl Pinned {
+    pub(crate) fn raw(&mut self) -> &mut PgConnection {
+        self.conn.raw()
+    }
+
+    /// The lock is gone and the connection clean again: back to the pool.
+    pub(crate) fn recycle(self) {
+        let Pinned { conn, _count } = self;
+        conn.recycle();
+    }
+}
+
+/// Counts a pinned connection while it lives.
+struct HeldCount(Arc<ConnPool>);
+
+impl Drop for HeldCount {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}

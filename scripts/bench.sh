@@ -26,3 +26,5 @@ cargo bench -p distlock --bench lock_cycle -- "${criterion_args[@]}"
 # Redis backend vs raw redis-rs, and hand-off latency (pins server and client
 # to different cores).
 cargo bench -p lock-redis --bench redis_lock -- "${criterion_args[@]}"
+# PostgreSQL backend vs raw sqlx, and hand-off with NOTIFY vs polling.
+cargo bench -p lock-postgres --bench pg_lock -- "${criterion_args[@]}"

@@ -69,6 +69,7 @@ mod pg_template;
 mod process;
 mod redis_server;
 mod spawner;
+mod tls;
 mod workdir;
 
 pub use cpu::{available_cpus, pin_apart, pin_current_thread, pin_process};
@@ -77,6 +78,7 @@ pub use link::{LinkProxy, LinkState};
 pub use pg_server::{PgOptions, PgServer};
 pub use process::process_is_alive;
 pub use redis_server::{RedisOptions, RedisServer};
+pub use tls::TestCertificates;
 
 /// The environment variable that points tests at an existing Redis server.
 pub const REDIS_URL_ENV: &str = "REDIS_URL";

@@ -52,6 +52,10 @@ pub trait DistributedLock: Send + Sync {
     /// and wakes early when the backend signals a release. A `wait` too large
     /// to add to the clock (such as `Duration::MAX`) waits without limit.
     ///
+    /// Waiters on one name through one client queue up in arrival order: a
+    /// release wakes the first in line, and a newcomer behind others waits
+    /// its turn instead of racing them (see [`WakeHub`](crate::WakeHub)).
+    ///
     /// An attempt that fails with [`LockError::Connection`] does not end the
     /// wait: the server may be back (a restart, a reconnect) before the
     /// deadline, so attempts go on with the same backoff.

@@ -2,6 +2,7 @@
 //! the [`DistributedLock`] implementation built on lock-api's machinery.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,17 +54,50 @@ pub(crate) enum Source {
 /// ```
 #[derive(Clone)]
 pub struct PgAdvisoryLock {
-    names: Names,
-    keys: Keys,
+    names: View<Hashed>,
+    keys: View<Raw>,
 }
 
-/// The backend that takes names (hashed to keys).
-#[derive(Clone)]
-struct Names(Arc<Core>);
+/// A [`LockBackend`] over the client's core that turns the names it is
+/// given into advisory-lock keys by the scheme `S`.
+struct View<S>(Arc<Core>, PhantomData<fn() -> S>);
 
-/// The backend that takes raw keys, written in decimal as the "name".
-#[derive(Clone)]
-struct Keys(Arc<Core>);
+impl<S> View<S> {
+    fn new(core: Arc<Core>) -> Self {
+        View(core, PhantomData)
+    }
+}
+
+impl<S> Clone for View<S> {
+    fn clone(&self) -> Self {
+        View::new(Arc::clone(&self.0))
+    }
+}
+
+/// How a [`View`] turns a name into a key.
+trait KeyScheme: 'static {
+    fn key(core: &Core, name: &str) -> Result<i64, LockError>;
+}
+
+/// Names, hashed to keys (with the client's key namespace).
+struct Hashed;
+
+impl KeyScheme for Hashed {
+    fn key(core: &Core, name: &str) -> Result<i64, LockError> {
+        Ok(core.key(name))
+    }
+}
+
+/// Raw keys, written in decimal as the "name".
+struct Raw;
+
+impl KeyScheme for Raw {
+    fn key(_: &Core, name: &str) -> Result<i64, LockError> {
+        name.parse().map_err(|_| {
+            LockError::InvalidName(format!("{name:?} is not an advisory-lock key (an i64)"))
+        })
+    }
+}
 
 impl PgAdvisoryLock {
     /// Connects to `url` with the default [`PgLockOptions`].
@@ -152,8 +186,8 @@ impl PgAdvisoryLock {
             _stop: stop.drop_guard(),
         });
         Ok(PgAdvisoryLock {
-            names: Names(Arc::clone(&core)),
-            keys: Keys(core),
+            names: View::new(Arc::clone(&core)),
+            keys: View::new(core),
         })
     }
 
@@ -261,7 +295,7 @@ impl DistributedLock for PgAdvisoryLock {
 }
 
 #[async_trait]
-impl LockBackend for Names {
+impl<S: KeyScheme> LockBackend for View<S> {
     type Lease = PgLease;
 
     fn kind(&self) -> &'static str {
@@ -277,44 +311,11 @@ impl LockBackend for Names {
     }
 
     async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<PgLease>, LockError> {
-        self.0.try_lock(self.0.key(name), ttl).await
+        self.0.try_lock(S::key(&self.0, name)?, ttl).await
     }
 
     async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        self.0.subscribe(self.0.key(name)).await
-    }
-}
-
-impl Keys {
-    fn parse(name: &str) -> Result<i64, LockError> {
-        name.parse().map_err(|_| {
-            LockError::InvalidName(format!("{name:?} is not an advisory-lock key (an i64)"))
-        })
-    }
-}
-
-#[async_trait]
-impl LockBackend for Keys {
-    type Lease = PgLease;
-
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn max_ttl(&self) -> Duration {
-        MAX_TTL
-    }
-
-    fn backoff(&self) -> Backoff {
-        self.0.backoff
-    }
-
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<PgLease>, LockError> {
-        self.0.try_lock(Self::parse(name)?, ttl).await
-    }
-
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        self.0.subscribe(Self::parse(name).ok()?).await
+        self.0.subscribe(S::key(&self.0, name).ok()?).await
     }
 }
 

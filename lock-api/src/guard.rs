@@ -329,8 +329,11 @@ impl LockGuard {
     /// it extends the lock by the current TTL, until the guard is released
     /// or dropped.
     ///
-    /// When an extend finds the lock gone, or the server stays unreachable
-    /// until the validity runs out, renewal stops and the guard becomes lost:
+    /// Each extend may take until the guard's validity runs out (a slow
+    /// answer is still an answer); one that fails with a connection error is
+    /// retried about every `ttl / 10`. When an extend finds the lock gone,
+    /// or the server stays unreachable until the validity runs out, renewal
+    /// stops and the guard becomes lost:
     /// [`is_lost`](LockGuard::is_lost) turns true and [`lost`](LockGuard::lost)
     /// resolves. Calling it again while renewal runs does nothing. Needs a
     /// Tokio runtime (it spawns a task); outside one it does nothing.
@@ -469,9 +472,17 @@ async fn renew(shared: Arc<Shared>, stop: CancellationToken) {
                 slot = shared.lease.lock() => slot,
             };
             let Some(lease) = slot.as_mut() else { return };
-            let ttl = shared.validity().ttl;
+            let Validity {
+                ttl, valid_until, ..
+            } = shared.validity();
             let started = Instant::now();
-            let attempt_limit = (ttl / 3).max(Duration::from_millis(1));
+            // An extend may take until the lease runs out: cutting it short
+            // earlier would abandon a request that may still succeed (and
+            // for some backends, such as PostgreSQL, abandoning it gives the
+            // lock up). Backends bound their own commands.
+            let attempt_limit = valid_until
+                .saturating_duration_since(started)
+                .max(Duration::from_millis(1));
             let outcome = tokio::time::timeout(attempt_limit, lease.extend(ttl)).await;
             drop(slot);
             let err = match outcome {

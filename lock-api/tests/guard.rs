@@ -18,6 +18,9 @@ const BOUND: Duration = Duration::from_secs(10);
 const EXTEND_OK: u8 = 0;
 const EXTEND_LOST: u8 = 1;
 const EXTEND_UNREACHABLE: u8 = 2;
+/// Each extend takes [`SLOW_EXTEND`] before it reaches the server.
+const EXTEND_SLOW: u8 = 3;
+const SLOW_EXTEND: Duration = Duration::from_millis(250);
 
 /// MemoryLock with switchable extend failures and an optional huge backoff
 /// (so only a wake-up can end a wait early).
@@ -93,6 +96,10 @@ impl Lease for SwitchableLease {
         match self.extend.load(Ordering::SeqCst) {
             EXTEND_LOST => Err(LockError::Lost),
             EXTEND_UNREACHABLE => Err(LockError::connection("server unreachable (test)")),
+            EXTEND_SLOW => {
+                tokio::time::sleep(SLOW_EXTEND).await;
+                self.inner.extend(ttl).await
+            }
             _ => self.inner.extend(ttl).await,
         }
     }
@@ -233,6 +240,36 @@ async fn renewal_rides_out_a_short_outage() {
             .expect("answer")
             .is_none()
     );
+    guard.release().await.expect("still ours");
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_waits_for_a_slow_extend_instead_of_abandoning_it() {
+    let locks = Switchable::default();
+    let ttl = Duration::from_millis(600);
+    let mut guard = locks
+        .acquire("renew-slow", ttl, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.auto_renew();
+    // Every extend takes longer than ttl / 3 but far less than the validity
+    // left: a slow network, not a lost lock. (For PostgreSQL an abandoned
+    // extend closes the connection and gives the lock up.)
+    assert!(SLOW_EXTEND > ttl / 3);
+    locks.extend.store(EXTEND_SLOW, Ordering::SeqCst);
+    tokio::time::sleep(ttl * 5).await;
+    assert!(
+        !guard.is_lost(),
+        "renewal abandoned extends that were on their way"
+    );
+    assert!(
+        locks
+            .try_acquire("renew-slow", ttl)
+            .await
+            .expect("answer")
+            .is_none()
+    );
+    locks.extend.store(EXTEND_OK, Ordering::SeqCst);
     guard.release().await.expect("still ours");
 }
 

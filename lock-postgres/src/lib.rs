@@ -75,15 +75,16 @@
 //! acquire or extend + TTL − drift allowance) always ends before the
 //! server's deadline (end of that statement on the server + TTL), so a
 //! guard reports itself lost before another client can have the lock. An
-//! extend that is cancelled or gets no answer in time (renewal allows each
-//! one `ttl / 3`) closes the connection and so gives the lock up: in doubt,
-//! this backend lets go rather than guess.
+//! extend that is cancelled or gets no answer in time (within
+//! [`query_timeout`](PgLockOptions::query_timeout); renewal waits for it
+//! until the guard's validity ends) closes the connection and so gives the
+//! lock up: in doubt, this backend lets go rather than guess.
 //!
 //! | what happens to the holder | the lock on the server | the holder's guard |
 //! |---|---|---|
 //! | process frozen (GC pause, SIGSTOP, suspended VM) | freed TTL after the last statement (the acquire or last extend) | [`is_lost`](LockGuard::is_lost) once `valid_until` passes; `extend` / `release` return `Lost` when it wakes |
 //! | process crashed or killed | freed at once (the kernel closes the socket) | — |
-//! | host gone (power, kernel panic) or network partition | freed TTL after the last statement: the session sits idle, `idle_session_timeout` ends it | `extend` gets no answer: after [`query_timeout`](PgLockOptions::query_timeout) (renewal: `ttl / 3`) the connection is closed and the result is `Lost` |
+//! | host gone (power, kernel panic) or network partition | freed TTL after the last statement: the session sits idle, `idle_session_timeout` ends it | `extend` gets no answer: after [`query_timeout`](PgLockOptions::query_timeout) (renewal: at the latest when the validity ends) the connection is closed and the result is `Lost` |
 //! | session terminated (`pg_terminate_backend`, pooler, idle killer) | freed at once | `Lost` on the next `extend` / `release`; with renewal within `ttl / 3` ([`lost`](LockGuard::lost) resolves) |
 //! | server restart or crash | every lock freed | as above; the client reconnects by itself |
 //!

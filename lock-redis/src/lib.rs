@@ -45,7 +45,8 @@
 //!   value is the holder's token, with a `+` appended by the first attempt
 //!   that finds it held. Release publishes the lock key (not the name).
 //! - **Waiting**: a failed attempt marks the held lock (the `+`); a
-//!   release that finds the mark `PUBLISH`es the name on `<prefix>released`, and
+//!   release that finds the mark `PUBLISH`es the lock key on
+//!   `<prefix>released` (`<prefix>released@<db>` outside database 0), and
 //!   each `RedisLock`'s subscriber connection wakes the first waiter of its
 //!   process for that name, which tries again at once (an uncontended
 //!   release publishes nothing). Waiters register before their first

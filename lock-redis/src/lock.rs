@@ -96,7 +96,12 @@ impl RedisLock {
         let connecting = ConnectionManager::new_with_config(client.clone(), config);
         let conn = bounded("connect", &target, options.connect_timeout, connecting).await?;
         let wake = WakeHub::new();
-        let channel = format!("{}released", options.prefix);
+        // Pub/sub spans all databases of a server: name the database in the
+        // channel so that locks in another one do not wake our waiters.
+        let channel = match client.get_connection_info().redis_settings().db() {
+            0 => format!("{}released", options.prefix),
+            db => format!("{}released@{db}", options.prefix),
+        };
         let listener = if options.wake_on_release {
             let guard = crate::listener::start(
                 client,

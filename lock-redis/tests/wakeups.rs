@@ -194,3 +194,26 @@ async fn only_a_release_someone_waited_for_is_published() {
     .await
     .expect("the contended release is published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakeups_work_in_any_database() {
+    let server = RedisServer::start().expect("redis-server");
+    let url = format!("redis://127.0.0.1:{}/3", server.port());
+    let (holder, waiter) = holder_and_waiter(&url).await;
+    let guard = holder
+        .acquire("db-wake", TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire("db-wake", TTL, Duration::from_secs(10))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    guard.release().await.expect("release");
+    let next = waiting
+        .await
+        .expect("join")
+        .expect("woken by the release in database 3");
+    next.release().await.expect("release");
+}

@@ -120,7 +120,11 @@ impl<B: LockBackend> DistributedLock for B {
                     Some(deadline) => {
                         match tokio::time::timeout_at(deadline, self.try_lock(name, ttl)).await {
                             Ok(outcome) => outcome,
-                            Err(_) => return Err(last_error.unwrap_or(LockError::Timeout)),
+                            Err(_) => {
+                                return Err(
+                                    last_error.unwrap_or_else(|| timed_out(self, name, started))
+                                );
+                            }
                         }
                     }
                     None => self.try_lock(name, ttl).await,

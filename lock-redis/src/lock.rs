@@ -41,8 +41,6 @@ struct Inner {
     /// Where releases are published (also with wake-ups off here: other
     /// clients may be listening).
     channel: String,
-    /// Whether this client listens for releases.
-    wake_on_release: bool,
     wake: WakeHub,
     /// Stops the subscriber task when the last clone goes away.
     _listener: Option<DropGuard>,
@@ -53,7 +51,7 @@ impl fmt::Debug for RedisLock {
         f.debug_struct("RedisLock")
             .field("server", &self.inner.target)
             .field("prefix", &self.inner.options.prefix)
-            .field("wake_on_release", &self.inner.wake_on_release)
+            .field("wake_on_release", &self.inner.options.wake_on_release)
             .finish_non_exhaustive()
     }
 }
@@ -115,14 +113,12 @@ impl RedisLock {
         } else {
             None
         };
-        let wake_on_release = options.wake_on_release;
         Ok(RedisLock {
             inner: Arc::new(Inner {
                 conn,
                 target,
                 options,
                 channel,
-                wake_on_release,
                 wake,
                 _listener: listener,
             }),
@@ -280,7 +276,7 @@ impl LockBackend for RedisLock {
     async fn subscribe(&self, name: &str) -> Option<Wakeup> {
         // The subscriber connection is already listening, so registering
         // here is enough for no release to slip by.
-        self.inner.wake_on_release.then(|| {
+        self.inner.options.wake_on_release.then(|| {
             let key = lock_key(&self.inner.options.prefix, name);
             self.inner.wake.subscribe(&key)
         })

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proves that a backend feature does not drag in the other backend's client:
 # with only `redis`, no sqlx in the dependency tree; with only `postgres`, no
-# redis crate. Also builds each feature set on its own.
+# redis crate. Also builds each feature set on its own, and checks what
+# connect(url) says for a backend that is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,9 @@ check redis 'sqlx(-core|-postgres)?'
 check postgres 'redis'
 cargo check -q -p distlock --no-default-features
 echo "ok: every feature set builds on its own"
+
+# connect(url) with a backend left out names the feature to enable (unit
+# tests in src/connect.rs that only compile in these builds; no server needed).
+cargo test -q -p distlock --no-default-features --features redis --lib
+cargo test -q -p distlock --no-default-features --features postgres --lib
+echo "ok: a URL whose backend is left out names the feature"

@@ -1,0 +1,174 @@
+//! `connect(url)`: one entry point that picks the backend by the URL's scheme.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use lock_api::{DistributedLock, LockError, MemoryLock};
+
+/// Connects to the lock server a URL names, picking the backend by its scheme.
+///
+/// | scheme | backend | feature |
+/// |---|---|---|
+/// | `redis://`, `rediss://`, `redis+unix://`, `unix://` | [`RedisLock`](crate::redis::RedisLock) | `redis` (`rediss` also `tls`) |
+/// | `postgres://`, `postgresql://` | [`PgAdvisoryLock`](crate::postgres::PgAdvisoryLock) | `postgres` |
+/// | `memory:` or `memory:<space>` | [`MemoryLock`] | always |
+///
+/// Schemes are case-insensitive. Each call to a server opens a new client
+/// (its own connections); connect once and share the `Arc`. For options
+/// beyond the URL (timeouts, pool size, key prefix, a private CA), build the
+/// backend directly: `RedisLock::options()…connect(url)`,
+/// `PgAdvisoryLock::options()…connect(url)`.
+///
+/// `memory:` names an in-process lock space, the way a server URL names a
+/// server: every `connect("memory:")` in a process returns the same locks,
+/// and `memory:<space>` (for example `memory:test-42`) a separate space per
+/// name. Use it to run code written against a server URL in unit tests;
+/// [`MemoryLock::new`] gives a private space without a URL.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), distlock::LockError> {
+/// // The URL would come from configuration: redis://…, postgres://…, memory:
+/// let locks = distlock::connect("memory:docs-example").await?;
+/// let guard = locks.acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2)).await?;
+/// let same_space = distlock::connect("memory:docs-example").await?;
+/// assert!(same_space.try_acquire("ticket:42", Duration::from_secs(10)).await?.is_none());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// - [`LockError::InvalidUrl`] when the URL has no scheme, an unknown one,
+///   or one whose backend this build leaves out — the message names the
+///   Cargo feature to enable — or when the backend cannot parse the rest.
+/// - [`LockError::Connection`] when the server cannot be reached within the
+///   backend's connect timeout.
+///
+/// Messages never contain the URL's password.
+pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    let (scheme, rest) = split_scheme(url)?;
+    // The drivers get the URL with its scheme in lower case.
+    let normalized = format!("{scheme}:{rest}");
+    match scheme.as_str() {
+        "memory" => Ok(Arc::new(memory_space(rest)?)),
+        "redis" | "rediss" | "redis+unix" | "unix" => connect_redis(&normalized).await,
+        "postgres" | "postgresql" => connect_postgres(&normalized).await,
+        other => Err(LockError::InvalidUrl(format!(
+            "unknown scheme {other:?}: distlock serves redis://, rediss://, postgres://, \
+             postgresql:// and memory:"
+        ))),
+    }
+}
+
+/// The scheme (lower-cased) and what follows its `:`.
+fn split_scheme(url: &str) -> Result<(String, &str), LockError> {
+    let missing = || {
+        LockError::InvalidUrl(
+            "no scheme: expected redis://…, rediss://…, postgres://…, postgresql://… or memory:"
+                .to_owned(),
+        )
+    };
+    let (scheme, rest) = url.trim_start().split_once(':').ok_or_else(missing)?;
+    // RFC 3986: a letter, then letters, digits, `+`, `-` or `.`.
+    let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid {
+        return Err(missing());
+    }
+    Ok((scheme.to_ascii_lowercase(), rest))
+}
+
+/// The process-wide memory lock space named by what follows `memory:`.
+fn memory_space(rest: &str) -> Result<MemoryLock, LockError> {
+    let space = rest.strip_prefix("//").unwrap_or(rest);
+    if space.contains(['?', '#']) {
+        return Err(LockError::InvalidUrl(
+            "memory: URLs take no options: use memory: or memory:<space>".to_owned(),
+        ));
+    }
+    static SPACES: OnceLock<Mutex<HashMap<String, MemoryLock>>> = OnceLock::new();
+    let mut spaces = SPACES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    Ok(spaces.entry(space.to_owned()).or_default().clone())
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    Ok(Arc::new(lock_redis::RedisLock::connect(url).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis(_url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    Err(feature_off("a Redis URL", "redis"))
+}
+
+#[cfg(feature = "postgres")]
+async fn connect_postgres(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    Ok(Arc::new(lock_postgres::PgAdvisoryLock::connect(url).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn connect_postgres(_url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    Err(feature_off("a PostgreSQL URL", "postgres"))
+}
+
+#[cfg(not(all(feature = "redis", feature = "postgres")))]
+fn feature_off(what: &str, feature: &str) -> LockError {
+    LockError::InvalidUrl(format!(
+        "{what} needs distlock's `{feature}` feature, which this build leaves out: \
+         enable it in Cargo.toml (distlock = {{ version = \"{}\", features = [\"{feature}\"] }})",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_are_case_insensitive_and_validated() {
+        let (scheme, rest) = split_scheme("Redis://host").expect("a scheme");
+        assert_eq!((scheme.as_str(), rest), ("redis", "//host"));
+        for bad in [
+            "",
+            "no-scheme-here",
+            "://host",
+            "1redis://host",
+            "re dis://host",
+        ] {
+            let err = split_scheme(bad).expect_err(bad);
+            assert!(matches!(err, LockError::InvalidUrl(_)), "{bad}: {err:?}");
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[tokio::test]
+    async fn a_redis_url_without_the_feature_names_it() {
+        let err = connect("redis://127.0.0.1:1")
+            .await
+            .err()
+            .expect("no Redis backend");
+        assert!(matches!(err, LockError::InvalidUrl(_)), "{err:?}");
+        assert!(err.to_string().contains("`redis` feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn a_postgres_url_without_the_feature_names_it() {
+        let err = connect("postgresql://app:secret@127.0.0.1:1/db")
+            .await
+            .err()
+            .expect("no PostgreSQL backend");
+        assert!(matches!(err, LockError::InvalidUrl(_)), "{err:?}");
+        assert!(err.to_string().contains("`postgres` feature"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

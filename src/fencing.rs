@@ -18,7 +18,7 @@
 //! UPDATE tickets
 //!    SET status = 'sold', holder = $3, fence = $2
 //!  WHERE id = $1 AND status = 'available'
-//!    AND fence < $2          -- the fencing condition: fencing::condition("fence", "$2")
+//!    AND fence < $2          -- the fencing condition: fence_condition!("fence", "$2")
 //! ```
 //!
 //! A stale holder's write then updates no row, whatever happened in
@@ -27,24 +27,26 @@
 //! row updated" as "not done": re-read the row to tell the caller why.
 //!
 //! [`Fence`] carries a token in the form SQL databases store (a signed
-//! 64-bit `BIGINT`), and [`condition`] writes the predicate.
+//! 64-bit `BIGINT`), and [`fence_condition!`](crate::fence_condition) writes
+//! the predicate as a string literal, so the statement stays a `&'static
+//! str` (which sqlx 0.9 asks for, to rule out SQL injection).
 //!
 //! ```
 //! use std::time::Duration;
-//! use distlock::fencing::{self, Fence};
-//! use distlock::{DistributedLock, MemoryLock};
+//! use distlock::fencing::Fence;
+//! use distlock::{DistributedLock, MemoryLock, fence_condition};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), distlock::LockError> {
 //! let locks = MemoryLock::new();
 //! let guard = locks.acquire("ticket:7", Duration::from_secs(10), Duration::from_secs(1)).await?;
 //! let fence = Fence::of(&guard)?;
-//! let sql = format!(
-//!     "UPDATE tickets SET status = 'sold', holder = $3, fence = $2 \
-//!      WHERE id = $1 AND status = 'available' AND {}",
-//!     fencing::condition("fence", "$2"),
+//! const BOOK: &str = concat!(
+//!     "UPDATE tickets SET status = 'sold', holder = $3, fence = $2 ",
+//!     "WHERE id = $1 AND status = 'available' AND ",
+//!     fence_condition!("fence", "$2"),
 //! );
-//! assert!(sql.ends_with("AND fence < $2"));
+//! assert!(BOOK.ends_with("AND fence < $2"));
 //! // sqlx::query(&sql).bind(7_i64).bind(fence.get()).bind("ada")…
 //! # let _ = fence.get();
 //! guard.release().await?;
@@ -114,17 +116,30 @@ impl fmt::Display for Fence {
 }
 
 /// The SQL condition that admits a write only from a holder newer than the
-/// last accepted one: `<column> < <placeholder>`.
+/// last accepted one, as a string literal: `fence_condition!("fence", "$2")`
+/// is `"fence < $2"`.
 ///
-/// `column` and `placeholder` are pasted in as written: pass identifiers
-/// and placeholders from your code (`"fence"`, `"$2"`, `"?"`), never user
-/// input.
+/// A literal fits into `concat!`, so the statement it completes is still a
+/// `&'static str`. Put it into every `UPDATE` (or `DELETE`) of data the lock
+/// protects, and set the column to the token in the same statement; a write
+/// that matches no row came from a holder whose lock ran out. See the
+/// [`fencing`](crate::fencing) module for why a lock needs this.
 ///
 /// ```
-/// assert_eq!(distlock::fencing::condition("t.fence", "$2"), "t.fence < $2");
+/// use distlock::fence_condition;
+///
+/// assert_eq!(fence_condition!("fence", "$2"), "fence < $2");
+/// const CANCEL: &str = concat!(
+///     "UPDATE tickets SET status = 'available', fence = $2 WHERE id = $1 AND ",
+///     fence_condition!("fence", "$2"),
+/// );
+/// # assert!(CANCEL.ends_with("fence < $2"));
 /// ```
-pub fn condition(column: &str, placeholder: &str) -> String {
-    format!("{column} < {placeholder}")
+#[macro_export]
+macro_rules! fence_condition {
+    ($column:literal, $placeholder:literal) => {
+        concat!($column, " < ", $placeholder)
+    };
 }
 
 #[cfg(test)]

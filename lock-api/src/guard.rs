@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Drift, Lease, LockError, validate_ttl};
+use crate::{Drift, Lease, LockError, observe, validate_ttl};
 
 /// Proof that this process holds a lock, until [`release`](LockGuard::release),
 /// drop, or loss.
@@ -55,6 +55,8 @@ struct Shared {
     fencing_token: u64,
     max_ttl: Duration,
     drift: Drift,
+    /// The start of the winning attempt: where the hold time counts from.
+    acquired_at: Instant,
     /// `None` once released (or handed to a background release).
     lease: tokio::sync::Mutex<Option<Box<dyn Lease>>>,
     validity: Mutex<Validity>,
@@ -104,6 +106,7 @@ impl Shared {
 
     fn mark_lost(&self, reason: &str) {
         if !self.lost.swap(true, Ordering::AcqRel) {
+            observe::lost(self.kind);
             tracing::warn!(
                 lock.name = %self.name,
                 lock.backend = self.kind,
@@ -113,6 +116,31 @@ impl Shared {
             );
         }
         self.ended.cancel();
+    }
+
+    /// Reports the end of a release (explicit or on drop); one that found
+    /// the lock gone marks the guard lost, so the loss is counted once.
+    fn released(&self, result: &Result<(), LockError>, message: &'static str) {
+        if matches!(result, Err(LockError::Lost)) {
+            self.mark_lost("release found the lock gone");
+        }
+        observe::released(self.kind, result);
+        match result {
+            Err(err @ (LockError::Connection(_) | LockError::Backend(_))) => tracing::warn!(
+                lock.name = %self.name,
+                lock.backend = self.kind,
+                lock.fencing_token = self.fencing_token,
+                error = %err,
+                "{message}: failed; the TTL frees the lock"
+            ),
+            _ => tracing::debug!(
+                lock.name = %self.name,
+                lock.backend = self.kind,
+                lock.fencing_token = self.fencing_token,
+                outcome = observe::outcome_label(result),
+                "{message}"
+            ),
+        }
     }
 
     fn stop_renewal(&self) {
@@ -179,6 +207,7 @@ impl LockGuard {
                 fencing_token,
                 max_ttl,
                 drift,
+                acquired_at: started,
                 lease: tokio::sync::Mutex::new(Some(lease)),
                 validity: Mutex::new(Validity::new(started, ttl, drift)),
                 lost: AtomicBool::new(false),
@@ -273,17 +302,33 @@ impl LockGuard {
             return Err(LockError::Lost);
         };
         let started = Instant::now();
-        match lease.extend(ttl).await {
+        let result = lease.extend(ttl).await;
+        observe::extended(self.shared.kind, &result);
+        match result {
             Ok(()) => {
                 self.shared.renewed(started, ttl);
-                tracing::debug!(lock.name = %self.shared.name, lock.backend = self.shared.kind, ?ttl, "lock extended");
+                tracing::debug!(
+                    lock.name = %self.shared.name,
+                    lock.backend = self.shared.kind,
+                    lock.fencing_token = self.shared.fencing_token,
+                    ?ttl,
+                    "lock extended"
+                );
                 Ok(())
             }
             Err(LockError::Lost) => {
                 self.shared.mark_lost("extend found the lock gone");
                 Err(LockError::Lost)
             }
-            Err(err) => Err(err),
+            Err(err) => {
+                tracing::debug!(
+                    lock.name = %self.shared.name,
+                    lock.backend = self.shared.kind,
+                    error = %err,
+                    "extend failed"
+                );
+                Err(err)
+            }
         }
     }
 
@@ -312,17 +357,13 @@ impl LockGuard {
         drop(slot);
         self.shared.ended.cancel();
         let was_lost = self.shared.lost.load(Ordering::Acquire);
-        tracing::debug!(
-            lock.name = %self.shared.name,
-            lock.backend = self.shared.kind,
-            lock.fencing_token = self.shared.fencing_token,
-            ok = result.is_ok() && !was_lost,
-            "lock released"
-        );
-        match result {
+        let result = match result {
             Ok(()) if was_lost => Err(LockError::Lost),
             other => other,
-        }
+        };
+        observe::held(self.shared.kind, self.shared.acquired_at);
+        self.shared.released(&result, "lock released");
+        result
     }
 
     /// Starts renewing the lock in the background: about every `ttl / 3`
@@ -389,6 +430,9 @@ impl Drop for LockGuard {
             // The renewal task is mid-extend: release once it lets go.
             Err(_) => None,
         };
+        // The hold ends now, whether or not a runtime is left to tell the
+        // server.
+        observe::held(self.shared.kind, self.shared.acquired_at);
         let shared = Arc::clone(&self.shared);
         self.shared.spawn(async move {
             let lease = match lease {
@@ -397,13 +441,7 @@ impl Drop for LockGuard {
             };
             if let Some(mut lease) = lease {
                 let result = lease.release().await;
-                tracing::debug!(
-                    lock.name = %shared.name,
-                    lock.backend = shared.kind,
-                    lock.fencing_token = shared.fencing_token,
-                    ok = result.is_ok(),
-                    "lock released on drop"
-                );
+                shared.released(&result, "lock released on drop");
             }
         });
     }
@@ -488,22 +526,38 @@ async fn renew(shared: Arc<Shared>, stop: CancellationToken) {
             let err = match outcome {
                 Ok(Ok(())) => {
                     shared.renewed(started, ttl);
+                    observe::renewed(shared.kind);
+                    tracing::debug!(
+                        lock.name = %shared.name,
+                        lock.backend = shared.kind,
+                        lock.fencing_token = shared.fencing_token,
+                        ?ttl,
+                        "lock renewed"
+                    );
                     break;
                 }
                 Ok(Err(LockError::Lost)) => {
+                    observe::renewal_failed(shared.kind);
                     shared.mark_lost("renewal found the lock gone");
                     return;
                 }
                 Ok(Err(err)) => err.to_string(),
                 Err(_) => format!("extend did not answer within {attempt_limit:?}"),
             };
+            observe::renewal_failed(shared.kind);
             let valid_until = shared.validity().valid_until;
             let now = Instant::now();
             if now >= valid_until {
                 shared.mark_lost("renewal could not reach the server before the lease ran out");
                 return;
             }
-            tracing::debug!(lock.name = %shared.name, lock.backend = shared.kind, error = %err, "renewal failed, retrying");
+            tracing::warn!(
+                lock.name = %shared.name,
+                lock.backend = shared.kind,
+                lock.fencing_token = shared.fencing_token,
+                error = %err,
+                "lock renewal failed; retrying until the lease runs out"
+            );
             let retry_at = (now + (ttl / 10).max(Duration::from_millis(1))).min(valid_until);
             tokio::select! {
                 () = stop.cancelled() => return,

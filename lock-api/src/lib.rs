@@ -23,6 +23,43 @@
 //! cancelled acquire never leaves a lock behind. The guard's validity is
 //! `attempt start + ttl − drift` on the monotonic clock; `extend` and the
 //! renewal task move it forward; `release` or drop give the lease back.
+//!
+//! # Observability
+//!
+//! Every backend built on [`LockBackend`] reports the same things, from this
+//! crate's waiting loop, guard and renewal task.
+//!
+//! **Tracing** (the `tracing` crate; targets `lock_api::*`). Lock names and
+//! fencing tokens are logged; nothing from connection URLs ever is. A
+//! successful acquire–release cycle logs nothing at `INFO` or above.
+//!
+//! | What | Level | Fields |
+//! |------|-------|--------|
+//! | span `distlock.acquire` | `DEBUG` | `lock.name`, `lock.backend`, `lock.ttl`, `lock.wait`; recorded at the end: `lock.fencing_token` (when granted), `lock.waited`, `lock.attempts`, `outcome` (`acquired`, `timeout`, `error`) |
+//! | span `distlock.try_acquire` | `DEBUG` | as above, without `lock.wait` and `lock.attempts` |
+//! | events `lock acquired`, `lock extended`, `lock renewed`, `lock released`, `lock released on drop` | `DEBUG` | `lock.name`, `lock.backend`, `lock.fencing_token`, and `waited`, `ttl` or `outcome` |
+//! | events `lock attempt failed; retrying until the deadline`, `lock wait timed out`, `extend failed` | `DEBUG` | `lock.name`, `lock.backend`, `error` or `waited` |
+//! | event `lock renewal failed; retrying until the lease runs out` | `WARN` | `lock.name`, `lock.backend`, `lock.fencing_token`, `error` |
+//! | event `lock lost` | `WARN` | `lock.name`, `lock.backend`, `lock.fencing_token`, `reason` |
+//! | event `…: failed; the TTL frees the lock` (release could not reach the server) | `WARN` | `lock.name`, `lock.backend`, `lock.fencing_token`, `error` |
+//!
+//! **Metrics** (feature `metrics`, through the `metrics` facade crate; see
+//! `lock_api::metrics` for details and `describe()`), all labelled by
+//! `backend` ([`LockBackend::kind`]), never by lock name:
+//!
+//! | Name | Type | Extra labels | Meaning |
+//! |------|------|--------------|---------|
+//! | `distlock_acquire_attempts_total` | counter | | `acquire` / `try_acquire` calls |
+//! | `distlock_acquire_successes_total` | counter | | calls that got the lock |
+//! | `distlock_acquire_timeouts_total` | counter | | calls that did not get it because it stayed held (`Timeout`, or `try_acquire` → `None`) |
+//! | `distlock_acquire_errors_total` | counter | `error` | calls that failed otherwise, by error kind |
+//! | `distlock_acquire_wait_seconds` | histogram | | call to grant, for calls that got the lock |
+//! | `distlock_lock_held_seconds` | histogram | | winning attempt to release or drop |
+//! | `distlock_extends_total` | counter | `outcome` | manual `extend` calls: `ok`, `lost`, `error` |
+//! | `distlock_renewals_total` | counter | | successful background renewals |
+//! | `distlock_renewal_failures_total` | counter | | failed background renewal attempts |
+//! | `distlock_locks_lost_total` | counter | | guards that found their lock lost (once per guard) |
+//! | `distlock_releases_total` | counter | `outcome` | releases, explicit or on drop: `ok`, `lost`, `error` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
@@ -31,6 +68,7 @@ mod ext;
 mod guard;
 mod lock;
 mod memory;
+mod observe;
 mod rules;
 mod timing;
 mod wakeup;
@@ -38,6 +76,10 @@ mod wakeup;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 pub use backend::{Attempt, Lease, LockBackend};
 pub use error::{BoxError, LockError};

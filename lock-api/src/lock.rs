@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use crate::guard::BackendInfo;
+use crate::observe;
 use crate::{Attempt, LockBackend, LockError, LockGuard, Wakeup, validate_name, validate_ttl};
 
 /// A distributed lock service: named locks with a TTL and a fencing token.
@@ -83,9 +85,20 @@ pub trait DistributedLock: Send + Sync {
 #[async_trait]
 impl<B: LockBackend> DistributedLock for B {
     async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
-        validate_name(name)?;
-        validate_ttl(ttl, self.max_ttl())?;
-        attempt(self, name, ttl).await
+        let span = observe::try_acquire_span(name, self.kind(), ttl);
+        observe::acquire_started(self.kind());
+        let started = Instant::now();
+        let result = match validate_name(name).and_then(|()| validate_ttl(ttl, self.max_ttl())) {
+            Ok(()) => attempt(self, name, ttl, started, &span).await,
+            Err(err) => Err(err),
+        };
+        observe::acquire_finished(
+            &span,
+            self.kind(),
+            started,
+            result.as_ref().map(Option::as_ref),
+        );
+        result
     }
 
     async fn acquire(
@@ -94,116 +107,143 @@ impl<B: LockBackend> DistributedLock for B {
         ttl: Duration,
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
-        validate_name(name)?;
-        validate_ttl(ttl, self.max_ttl())?;
+        // The span covers the whole call; only the backend's attempts run
+        // inside it (instrumenting the whole wait would move its large
+        // future on every call, which the uncontended path would pay for).
+        let span = observe::acquire_span(name, self.kind(), ttl, wait);
+        observe::acquire_started(self.kind());
         let started = Instant::now();
-        if wait.is_zero() {
-            return attempt(self, name, ttl).await?.ok_or(LockError::Timeout);
-        }
-        let deadline = started.checked_add(wait);
-        // Registered before the first attempt, so no release can slip between
-        // a failed attempt and the wait that follows it.
-        let mut wakeup = self.subscribe(name).await;
-        let backoff = self.backoff();
-        let mut failures: u32 = 0;
-        // The connection error of the latest attempt, if it failed with one:
-        // what the caller gets at the deadline instead of `Timeout`.
-        let mut last_error: Option<LockError> = None;
-        // Waiters of this process queue up: one that arrives behind others
-        // waits for its turn instead of racing them for the lock.
-        let mut attempt_now = wakeup.as_ref().is_none_or(Wakeup::is_first);
-        loop {
-            let mut retry_after = None;
-            if attempt_now {
-                let try_started = Instant::now();
-                let outcome = match deadline {
-                    Some(deadline) => {
-                        match tokio::time::timeout_at(deadline, self.try_lock(name, ttl)).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => {
-                                return Err(
-                                    last_error.unwrap_or_else(|| timed_out(self, name, started))
-                                );
+        let backend = self;
+        let result = 'acquire: {
+            if let Err(err) =
+                validate_name(name).and_then(|()| validate_ttl(ttl, backend.max_ttl()))
+            {
+                break 'acquire Err(err);
+            }
+            if wait.is_zero() {
+                break 'acquire match attempt(backend, name, ttl, started, &span).await {
+                    Ok(guard) => guard.ok_or(LockError::Timeout),
+                    Err(err) => Err(err),
+                };
+            }
+            let deadline = started.checked_add(wait);
+            // Registered before the first attempt, so no release can slip between
+            // a failed attempt and the wait that follows it.
+            let mut wakeup = backend.subscribe(name).await;
+            let backoff = backend.backoff();
+            let mut failures: u32 = 0;
+            // The connection error of the latest attempt, if it failed with one:
+            // what the caller gets at the deadline instead of `Timeout`.
+            let mut last_error: Option<LockError> = None;
+            // Waiters of this process queue up: one that arrives behind others
+            // waits for its turn instead of racing them for the lock.
+            let mut attempt_now = wakeup.as_ref().is_none_or(Wakeup::is_first);
+            loop {
+                let mut retry_after = None;
+                if attempt_now {
+                    let try_started = Instant::now();
+                    let outcome = match deadline {
+                        Some(deadline) => {
+                            match tokio::time::timeout_at(
+                                deadline,
+                                backend.try_lock(name, ttl).instrument(span.clone()),
+                            )
+                            .await
+                            {
+                                Ok(outcome) => outcome,
+                                Err(_) => {
+                                    // The attempt in flight counts as made.
+                                    let attempts = failures.saturating_add(1);
+                                    break 'acquire Err(last_error.unwrap_or_else(|| {
+                                        timed_out(backend, name, started, &span, attempts)
+                                    }));
+                                }
                             }
                         }
+                        None => backend.try_lock(name, ttl).instrument(span.clone()).await,
+                    };
+                    match outcome {
+                        Ok(Attempt::Acquired {
+                            lease,
+                            fencing_token,
+                        }) => {
+                            let guard =
+                                grant(backend, name, ttl, try_started, lease, fencing_token);
+                            // Leaving the line wakes the next waiter, whose
+                            // attempt tells the server that someone still waits.
+                            drop(wakeup);
+                            observe::record_attempts(&span, failures.saturating_add(1));
+                            break 'acquire Ok(guard);
+                        }
+                        Ok(Attempt::Held { retry_after: left }) => {
+                            last_error = None;
+                            retry_after = left;
+                        }
+                        // The server may be back before the deadline: keep trying.
+                        Err(err @ LockError::Connection(_)) => {
+                            tracing::debug!(
+                                lock.name = name,
+                                lock.backend = backend.kind(),
+                                error = %err,
+                                "lock attempt failed; retrying until the deadline"
+                            );
+                            last_error = Some(err);
+                        }
+                        Err(err) => break 'acquire Err(err),
                     }
-                    None => self.try_lock(name, ttl).await,
+                    failures = failures.saturating_add(1);
+                }
+                // The first in line retries on the backoff schedule (and on
+                // wake-ups); the others only now and then, as a safety net, and
+                // otherwise wait for a wake-up to be passed down the line.
+                let in_line = wakeup.as_ref().is_some_and(|wakeup| !wakeup.is_first());
+                let mut delay = if in_line {
+                    backoff.max / 2 + backoff.delay(u32::MAX) / 2
+                } else {
+                    backoff.delay(failures.saturating_sub(1))
                 };
-                match outcome {
-                    Ok(Attempt::Acquired {
-                        lease,
-                        fencing_token,
-                    }) => {
-                        let guard = grant(self, name, ttl, try_started, lease, fencing_token);
-                        // Leaving the line wakes the next waiter, whose
-                        // attempt tells the server that someone still waits.
-                        drop(wakeup);
-                        tracing::debug!(
-                            lock.name = name,
-                            lock.backend = self.kind(),
-                            lock.fencing_token = fencing_token,
-                            waited = ?started.elapsed(),
-                            attempts = failures + 1,
-                            "lock acquired"
-                        );
-                        return Ok(guard);
-                    }
-                    Ok(Attempt::Held { retry_after: left }) => {
-                        last_error = None;
-                        retry_after = left;
-                    }
-                    // The server may be back before the deadline: keep trying.
-                    Err(err @ LockError::Connection(_)) => {
-                        tracing::debug!(
-                            lock.name = name,
-                            lock.backend = self.kind(),
-                            error = %err,
-                            "lock attempt failed; retrying until the deadline"
-                        );
-                        last_error = Some(err);
-                    }
-                    Err(err) => return Err(err),
+                if let Some(retry_after) = retry_after {
+                    delay = delay.min(retry_after);
                 }
-                failures = failures.saturating_add(1);
-            }
-            // The first in line retries on the backoff schedule (and on
-            // wake-ups); the others only now and then, as a safety net, and
-            // otherwise wait for a wake-up to be passed down the line.
-            let in_line = wakeup.as_ref().is_some_and(|wakeup| !wakeup.is_first());
-            let mut delay = if in_line {
-                backoff.max / 2 + backoff.delay(u32::MAX) / 2
-            } else {
-                backoff.delay(failures.saturating_sub(1))
-            };
-            if let Some(retry_after) = retry_after {
-                delay = delay.min(retry_after);
-            }
-            let now = Instant::now();
-            let mut wake_at = now.checked_add(delay).unwrap_or(now);
-            if let Some(deadline) = deadline {
-                if now >= deadline {
-                    return Err(last_error.unwrap_or_else(|| timed_out(self, name, started)));
-                }
-                wake_at = wake_at.min(deadline);
-            }
-            match wakeup.as_mut() {
-                Some(wakeup) => {
-                    tokio::select! {
-                        () = wakeup.woken() => {}
-                        () = tokio::time::sleep_until(wake_at) => {}
+                let now = Instant::now();
+                let mut wake_at = now.checked_add(delay).unwrap_or(now);
+                if let Some(deadline) = deadline {
+                    if now >= deadline {
+                        break 'acquire Err(last_error.unwrap_or_else(|| {
+                            timed_out(backend, name, started, &span, failures)
+                        }));
                     }
+                    wake_at = wake_at.min(deadline);
                 }
-                None => tokio::time::sleep_until(wake_at).await,
+                match wakeup.as_mut() {
+                    Some(wakeup) => {
+                        tokio::select! {
+                            () = wakeup.woken() => {}
+                            () = tokio::time::sleep_until(wake_at) => {}
+                        }
+                    }
+                    None => tokio::time::sleep_until(wake_at).await,
+                }
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    break 'acquire Err(last_error
+                        .unwrap_or_else(|| timed_out(backend, name, started, &span, failures)));
+                }
+                attempt_now = true;
             }
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(last_error.unwrap_or_else(|| timed_out(self, name, started)));
-            }
-            attempt_now = true;
-        }
+        };
+        observe::acquire_finished(&span, self.kind(), started, result.as_ref().map(Some));
+        result
     }
 }
 
-fn timed_out<B: LockBackend>(backend: &B, name: &str, started: Instant) -> LockError {
+fn timed_out<B: LockBackend>(
+    backend: &B,
+    name: &str,
+    started: Instant,
+    span: &Span,
+    attempts: u32,
+) -> LockError {
+    observe::record_attempts(span, attempts);
     tracing::debug!(
         lock.name = name,
         lock.backend = backend.kind(),
@@ -213,13 +253,23 @@ fn timed_out<B: LockBackend>(backend: &B, name: &str, started: Instant) -> LockE
     LockError::Timeout
 }
 
+/// One attempt, started at `started` (the guard's validity counts from it).
 async fn attempt<B: LockBackend>(
     backend: &B,
     name: &str,
     ttl: Duration,
+    started: Instant,
+    span: &Span,
 ) -> Result<Option<LockGuard>, LockError> {
-    let started = Instant::now();
-    match backend.try_lock(name, ttl).await? {
+    let try_lock = backend.try_lock(name, ttl);
+    // Inside the span, so what the backend logs belongs to this acquire;
+    // not even wrapped when nobody listens (the uncontended hot path).
+    let outcome = if span.is_disabled() {
+        try_lock.await?
+    } else {
+        try_lock.instrument(span.clone()).await?
+    };
+    match outcome {
         Attempt::Acquired {
             lease,
             fencing_token,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the server binaries the tests and benchmarks start are installed:
-# redis-server and PostgreSQL (initdb, postgres, pg_isready, psql), and openssl
-# (the TLS tests make their own throwaway CA with it).
+# redis-server and PostgreSQL (initdb, postgres, pg_isready, psql), PgBouncer
+# (the pooler tests put it in front of PostgreSQL), and openssl (the TLS tests
+# make their own throwaway CA with it).
 # Installs what is missing with apt-get (as root, or through sudo); otherwise
 # stops with the exact command to run. Prints the PostgreSQL bin directory it
 # found as `DISTLOCK_PG_BIN=...` on its last line, for callers to export.
@@ -32,6 +33,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 find_pg_bin >/dev/null || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]]; }
+have_pgbouncer || missing+=(pgbouncer)
 
 if ((${#missing[@]})); then
     install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
@@ -61,6 +64,7 @@ if ((${#missing[@]})); then
 fi
 
 command -v redis-server >/dev/null 2>&1 || { echo "error: redis-server still not found" >&2; exit 1; }
+have_pgbouncer || { echo "error: pgbouncer still not found" >&2; exit 1; }
 pg_bin="$(find_pg_bin)" || { echo "error: PostgreSQL server binaries still not found" >&2; exit 1; }
 echo "redis-server: $(redis-server --version | cut -d' ' -f3)" >&2
 echo "postgres:     $("$pg_bin/postgres" --version) ($pg_bin)" >&2

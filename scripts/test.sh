@@ -13,14 +13,14 @@ export "${pg_line?}"
 
 cargo test --workspace --all-features "$@"
 
-# lock-testkit must not leave servers behind: no redis-server or postgres
+# lock-testkit must not leave servers behind: no redis-server, postgres or pgbouncer
 # process may still run out of one of its directories (their working
 # directory is the server's data directory under distlock-testkit-<uid>/).
 leftovers() {
     local proc comm cwd
     for proc in /proc/[0-9]*; do
         comm="$(cat "$proc/comm" 2>/dev/null || true)"
-        [[ "$comm" == redis-server || "$comm" == postgres ]] || continue
+        [[ "$comm" == redis-server || "$comm" == postgres || "$comm" == pgbouncer ]] || continue
         cwd="$(readlink "$proc/cwd" 2>/dev/null || true)"
         if [[ "$cwd" == *distlock-testkit-* ]]; then
             echo "${proc#/proc/} $(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null) (in $cwd)"

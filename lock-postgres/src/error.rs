@@ -58,8 +58,13 @@ pub(crate) fn session_gone(err: &sqlx::Error) -> bool {
 }
 
 /// A driver error as a [`LockError`]: [`LockError::Connection`] when the
-/// connection failed, [`LockError::Backend`] when the server refused.
+/// connection failed, [`LockError::Backend`] when the server refused, and
+/// [`LockError::InvalidConfig`] for the prepared-statement errors a
+/// transaction pooler causes (see [`pooler_statement_error`]).
 pub(crate) fn from_sqlx(err: sqlx::Error) -> LockError {
+    if pooler_statement_error(&err) {
+        return pooled_session(&format!("a statement failed ({err})"), false);
+    }
     if session_gone(&err) {
         LockError::connection(err)
     } else {
@@ -80,4 +85,43 @@ pub(crate) fn query_timed_out(what: &str, timeout: std::time::Duration) -> LockE
     LockError::connection(format!(
         "{what} got no answer from PostgreSQL within {timeout:?}; its connection was closed"
     ))
+}
+
+/// The server session under one of our connections changed between two
+/// statements, or already held one of our locks when we took the
+/// connection: something multiplexes server sessions between clients (a
+/// pooler in transaction or statement mode). `what` says which statement
+/// found out; `stranded` whether a lock may be left on the old session.
+pub(crate) fn pooled_session(what: &str, stranded: bool) -> LockError {
+    let left = if stranded {
+        " The lock stays on the server session that took it until that session \
+         ends or sits idle for the lock's TTL."
+    } else {
+        " No lock was taken."
+    };
+    LockError::InvalidConfig(format!(
+        "{what}: the PostgreSQL server session behind this connection is shared with other \
+         clients — a pooler in transaction or statement mode (e.g. PgBouncer with \
+         pool_mode = transaction) sits between this client and PostgreSQL. Session-level \
+         advisory locks cannot work through it: the lock would stay on a server session that \
+         other clients then use. Connect PgAdvisoryLock to PostgreSQL directly or through \
+         session pooling, or take transaction-scoped locks (lock_postgres::xact) through the \
+         pooler.{left}"
+    ))
+}
+
+/// Errors that a transaction pooler causes for sqlx's named prepared
+/// statements: the statement was prepared on another server session
+/// (`26000` does not exist), another client prepared that name on this one
+/// (`42P05` already exists), or the name on this session is another
+/// client's statement, whose parameters do not match ours (`08P01` "bind
+/// message supplies N parameters, but prepared statement … requires M",
+/// `22P03` incorrect binary data format in a bind parameter). Our own
+/// statements never cause these on a session of their own.
+pub(crate) fn pooler_statement_error(err: &sqlx::Error) -> bool {
+    match sqlstate(err).as_deref() {
+        Some("26000" | "42P05" | "22P03") => true,
+        Some("08P01") => err.to_string().contains("prepared statement"),
+        _ => false,
+    }
 }

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_api::{Lease, LockError};
+use tokio::sync::oneshot;
 
 use crate::WaitStrategy;
-use crate::error::{from_sqlx, query_timed_out, session_gone};
+use crate::error::{
+    from_sqlx, pooled_session, pooler_statement_error, query_timed_out, session_gone,
+};
 use crate::key::pg_locks_halves;
 use crate::pool::Pinned;
 use crate::shared::{Core, ttl_millis};
@@ -26,12 +29,27 @@ use crate::sql::EXTEND;
 pub(crate) struct PgLease {
     core: Arc<Core>,
     key: i64,
+    /// `pg_backend_pid()` of the session that took the lock: extend and
+    /// release check that they run on it.
+    backend_pid: i32,
     state: State,
 }
+
+/// What an extend's task hands back: the connection and the statement's outcome.
+type Extended = (
+    Pinned,
+    Result<Result<Option<bool>, sqlx::Error>, tokio::time::error::Elapsed>,
+);
 
 enum State {
     /// Ours, on this connection.
     Held(Pinned),
+    /// An extend statement runs in a task of its own, which hands the
+    /// connection back. Cancelling the caller's `extend` therefore does not
+    /// cancel the statement: doing so would close the connection and free
+    /// the lock while the guard, whose `valid_until` a cancelled extend
+    /// leaves as it was, still counts on it.
+    Extending(oneshot::Receiver<Extended>),
     /// Given back cleanly.
     Released,
     /// Not ours any more (or in doubt, and its connection closed).
@@ -39,52 +57,63 @@ enum State {
 }
 
 impl PgLease {
-    pub(crate) fn new(core: Arc<Core>, key: i64, conn: Pinned) -> Self {
+    pub(crate) fn new(core: Arc<Core>, key: i64, backend_pid: i32, conn: Pinned) -> Self {
         PgLease {
             core,
             key,
+            backend_pid,
             state: State::Held(conn),
         }
     }
 
-    fn lost(&self, why: &str) -> LockError {
-        tracing::debug!(lock.key = self.key, why, "postgres lease lost");
-        self.core.released(self.key);
-        LockError::Lost
+    /// The lease found itself behind a transaction pooler: the lock may be
+    /// stranded on the session that took it, which this lease cannot reach.
+    fn pooled(&self, what: &str, stranded: bool) -> LockError {
+        tracing::warn!(
+            lock.key = self.key,
+            lock.backend_pid = self.backend_pid,
+            "postgres lease is behind a transaction pooler; giving it up"
+        );
+        pooled_session(what, stranded)
     }
-}
 
-#[async_trait]
-impl Lease for PgLease {
-    /// Restarts the server-side TTL (`idle_session_timeout`) after checking
-    /// in `pg_locks` that this session still holds the key.
+    /// Waits for an extend statement in flight (one whose caller was
+    /// cancelled, or the current one) and applies its outcome; `Ok` when
+    /// none is in flight.
     ///
-    /// # Cancel safety
-    ///
-    /// The connection is taken out of the lease for the duration of the
-    /// statement: if the future is dropped, the connection is closed (the
-    /// lock is freed) and later calls return [`LockError::Lost`].
-    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
-        let mut conn = match std::mem::replace(&mut self.state, State::Gone) {
-            State::Held(conn) => conn,
-            State::Released => {
-                self.state = State::Released;
-                return Err(LockError::Lost);
-            }
-            State::Gone => return Err(LockError::Lost),
+    /// Cancel safe: the receiver stays in the state until the answer came.
+    async fn finish_extend(&mut self) -> Result<(), LockError> {
+        let State::Extending(answer) = &mut self.state else {
+            return Ok(());
         };
-        let (high, low) = pg_locks_halves(self.key);
-        let query = sqlx::query_scalar::<_, bool>(EXTEND)
-            .bind(high)
-            .bind(low)
-            .bind(ttl_millis(ttl));
-        let timeout = self.core.query_timeout;
-        match tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await {
-            Ok(Ok(true)) => {
+        let answer = answer.await;
+        self.state = State::Gone;
+        match answer {
+            Ok((conn, outcome)) => self.extended(conn, outcome),
+            Err(_) => Err(self.lost("the extend task ended without an answer")),
+        }
+    }
+
+    /// What an extend statement's outcome means for the lease.
+    fn extended(
+        &mut self,
+        conn: Pinned,
+        outcome: Result<Result<Option<bool>, sqlx::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<(), LockError> {
+        match outcome {
+            Ok(Ok(Some(true))) => {
                 self.state = State::Held(conn);
                 Ok(())
             }
-            Ok(Ok(false)) => {
+            Ok(Ok(None)) => {
+                drop(conn);
+                Err(self.pooled("extend ran on another server session than the lock", true))
+            }
+            Ok(Err(err)) if pooler_statement_error(&err) => {
+                drop(conn);
+                Err(self.pooled(&format!("extend failed ({err})"), true))
+            }
+            Ok(Ok(Some(false))) => {
                 drop(conn);
                 Err(self.lost("the session no longer holds the key"))
             }
@@ -102,12 +131,59 @@ impl Lease for PgLease {
                 drop(conn);
                 tracing::warn!(
                     lock.key = self.key,
-                    ?timeout,
+                    timeout = ?self.core.query_timeout,
                     "extend got no answer in time; closed the connection, giving the lock up"
                 );
                 Err(self.lost("extend timed out"))
             }
         }
+    }
+
+    fn lost(&self, why: &str) -> LockError {
+        tracing::debug!(lock.key = self.key, why, "postgres lease lost");
+        self.core.released(self.key);
+        LockError::Lost
+    }
+}
+
+#[async_trait]
+impl Lease for PgLease {
+    /// Restarts the server-side TTL (`idle_session_timeout`) after checking
+    /// in `pg_locks` that this session still holds the key.
+    ///
+    /// # Cancel safety
+    ///
+    /// The statement runs in a task of its own (bounded by the query
+    /// timeout): if the future is dropped, the statement still completes
+    /// and the connection comes back to the lease, so the lock stays held
+    /// — as the guard assumes — and the next `extend` or `release` picks up
+    /// the outcome first.
+    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        self.finish_extend().await?;
+        let mut conn = match std::mem::replace(&mut self.state, State::Gone) {
+            State::Held(conn) => conn,
+            State::Released => {
+                self.state = State::Released;
+                return Err(LockError::Lost);
+            }
+            State::Gone | State::Extending(_) => return Err(LockError::Lost),
+        };
+        let (high, low) = pg_locks_halves(self.key);
+        let query = sqlx::query_scalar::<_, Option<bool>>(EXTEND)
+            .bind(high)
+            .bind(low)
+            .bind(ttl_millis(ttl))
+            .bind(self.backend_pid);
+        let timeout = self.core.query_timeout;
+        let (done, outcome) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await;
+            // Nobody to hand it to (the lease was dropped): closing the
+            // connection frees the lock.
+            let _ = done.send((conn, outcome));
+        });
+        self.state = State::Extending(outcome);
+        self.finish_extend().await
     }
 
     /// `pg_advisory_unlock` on the holding connection, resetting its
@@ -119,40 +195,59 @@ impl Lease for PgLease {
     /// If the future is dropped mid-statement, the connection is closed,
     /// which frees the lock; a later call returns [`LockError::Lost`].
     async fn release(&mut self) -> Result<(), LockError> {
+        // An extend whose caller was cancelled still runs: its answer first.
+        // A failed statement leaves the lock held; a lost one ends here.
+        match self.finish_extend().await {
+            Ok(()) => {}
+            Err(err @ (LockError::Lost | LockError::InvalidConfig(_))) => return Err(err),
+            Err(_) => {}
+        }
         let mut conn = match std::mem::replace(&mut self.state, State::Gone) {
             State::Held(conn) => conn,
             State::Released => {
                 self.state = State::Released;
                 return Ok(());
             }
-            State::Gone => return Err(LockError::Lost),
+            State::Gone | State::Extending(_) => return Err(LockError::Lost),
         };
         let core = Arc::clone(&self.core);
         let timeout = core.query_timeout;
         let outcome = match core.strategy {
             WaitStrategy::Notify => {
-                let query = sqlx::query_scalar::<_, bool>(core.statements.release_notify.clone())
-                    .bind(self.key)
-                    .bind(&core.default_idle_timeout)
-                    .bind(&core.channel);
+                let query =
+                    sqlx::query_scalar::<_, Option<bool>>(core.statements.release_notify.clone())
+                        .bind(self.key)
+                        .bind(&core.default_idle_timeout)
+                        .bind(&core.channel)
+                        .bind(self.backend_pid);
                 tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await
             }
             WaitStrategy::Poll => {
-                let query = sqlx::query_scalar::<_, bool>(core.statements.release_plain.clone())
-                    .bind(self.key)
-                    .bind(&core.default_idle_timeout);
+                let query =
+                    sqlx::query_scalar::<_, Option<bool>>(core.statements.release_plain.clone())
+                        .bind(self.key)
+                        .bind(&core.default_idle_timeout)
+                        .bind(self.backend_pid);
                 tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await
             }
         };
         match outcome {
-            Ok(Ok(true)) => {
+            Ok(Ok(None)) => {
+                drop(conn);
+                Err(self.pooled("release ran on another server session than the lock", true))
+            }
+            Ok(Err(err)) if pooler_statement_error(&err) => {
+                drop(conn);
+                Err(self.pooled(&format!("release failed ({err})"), true))
+            }
+            Ok(Ok(Some(true))) => {
                 conn.recycle();
                 self.state = State::Released;
                 core.released(self.key);
                 Ok(())
             }
             // PostgreSQL only logs a WARNING for this; the lock was not ours.
-            Ok(Ok(false)) => {
+            Ok(Ok(Some(false))) => {
                 drop(conn);
                 Err(self.lost("pg_advisory_unlock returned false"))
             }

@@ -75,10 +75,14 @@
 //! acquire or extend + TTL − drift allowance) always ends before the
 //! server's deadline (end of that statement on the server + TTL), so a
 //! guard reports itself lost before another client can have the lock. An
-//! extend that is cancelled or gets no answer in time (within
+//! extend that gets no answer in time (within
 //! [`query_timeout`](PgLockOptions::query_timeout); renewal waits for it
 //! until the guard's validity ends) closes the connection and so gives the
-//! lock up: in doubt, this backend lets go rather than guess.
+//! lock up: in doubt, this backend lets go rather than guess. An extend
+//! whose *caller* is cancelled is not cut short: its statement runs in a
+//! task of its own and the next `extend` or `release` picks up the answer,
+//! so the lock stays held while the guard — whose `valid_until` a
+//! cancelled extend leaves as it was — still counts on it.
 //!
 //! | what happens to the holder | the lock on the server | the holder's guard |
 //! |---|---|---|
@@ -209,6 +213,22 @@
 //! [`xact`] explains when to use which. Behind *session* pooling this
 //! client works as is (turn off [`tcp_keepalives`](PgLockOptions::tcp_keepalives),
 //! which PgBouncer rejects as a startup option).
+//!
+//! Session locks through a transaction pooler are refused, never granted
+//! twice, with [`LockError::InvalidConfig`] saying so, at no extra round
+//! trip: the lock statement returns the session's `pg_backend_pid()`, and
+//! each later statement on the connection (the next lock, `extend`,
+//! `release`) checks it runs on that same session; a granted lock marks its
+//! session (`distlock.held_key`), and no lock — session or transaction
+//! scoped — is granted on a session that carries the mark (advisory locks
+//! are re-entrant within a session, so that would be a double grant). The
+//! errors PgBouncer ≤ 1.20 causes for sqlx's named prepared statements
+//! (`prepared statement "sqlx_s_1" already exists`, …) are reported the same
+//! way. A lock whose `release` finds itself on another session stays on
+//! the session that took it until that session ends or idles for the TTL.
+//! Transaction locks ([`XactLocks`]) work through such a pooler; with
+//! PgBouncer before 1.21 (which hands sqlx's named prepared statements to
+//! other clients' sessions) turn on [`XactLocks::simple_queries`].
 //!
 //! # Connecting
 //!

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_api::{Attempt, Backoff, DistributedLock, LockBackend, LockError, LockGuard, Wakeup};
+use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -374,8 +375,14 @@ async fn check_server(
         Err(AcquireError::Connect(err)) => return Err(err),
         Err(AcquireError::Exhausted(exhausted)) => return Err(LockError::connection(exhausted)),
     };
-    let query = sqlx::query_as::<_, (i32, Option<String>, bool)>(SERVER_INFO).fetch_one(conn.raw());
-    let (version, idle_timeout, async_commits) =
+    // A simple query (no prepared statement), so that a transaction pooler
+    // in front of the server lets the client connect and then explains
+    // itself on the first lock.
+    let query = async {
+        let row = sqlx::raw_sql(SERVER_INFO).fetch_one(conn.raw()).await?;
+        Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    };
+    let (version, idle_timeout, async_commits): (i32, Option<String>, bool) =
         tokio::time::timeout(options.connect_timeout, query)
             .await
             .map_err(|_| {

@@ -49,6 +49,7 @@ struct OwnPool {
 struct IdleConn {
     conn: PgConnection,
     since: Instant,
+    backend_pid: Option<i32>,
 }
 
 /// Why no connection could be had.
@@ -144,8 +145,10 @@ impl ConnPool {
                         return Err(AcquireError::Exhausted(self.exhausted()));
                     }
                 };
-                if let Some(conn) = own.pop_idle() {
-                    return Ok(self.wrap(Inner::Own(conn, permit), true));
+                if let Some((conn, backend_pid)) = own.pop_idle() {
+                    let mut conn = self.wrap(Inner::Own(conn, permit), true);
+                    conn.backend_pid = backend_pid;
+                    return Ok(conn);
                 }
                 let connect = own.options.connect();
                 let conn = match tokio::time::timeout(own.connect_timeout, connect).await {
@@ -194,6 +197,7 @@ impl ConnPool {
         Conn {
             inner: Some(inner),
             reused,
+            backend_pid: None,
             pool: Arc::clone(self),
         }
     }
@@ -205,7 +209,7 @@ impl OwnPool {
     }
 
     /// The most recently used idle connection; drops those idle too long.
-    fn pop_idle(&self) -> Option<PgConnection> {
+    fn pop_idle(&self) -> Option<(PgConnection, Option<i32>)> {
         let mut idle = self.lock_idle();
         if let Some(limit) = self.idle_timeout {
             while idle.front().is_some_and(|c| c.since.elapsed() > limit) {
@@ -213,13 +217,14 @@ impl OwnPool {
                 idle.pop_front();
             }
         }
-        idle.pop_back().map(|c| c.conn)
+        idle.pop_back().map(|c| (c.conn, c.backend_pid))
     }
 
-    fn push_idle(&self, conn: PgConnection) {
+    fn push_idle(&self, conn: PgConnection, backend_pid: Option<i32>) {
         self.lock_idle().push_back(IdleConn {
             conn,
             since: Instant::now(),
+            backend_pid,
         });
     }
 }
@@ -236,6 +241,10 @@ pub(crate) struct Conn {
     inner: Option<Inner>,
     /// It was used before (so it may have gone stale while idle).
     pub(crate) reused: bool,
+    /// The server session's `pg_backend_pid()`, once a statement reported
+    /// it (own pool only: it stays with the idle connection). A later
+    /// statement on another pid means a pooler moved the connection.
+    pub(crate) backend_pid: Option<i32>,
     pool: Arc<ConnPool>,
 }
 
@@ -254,7 +263,7 @@ impl Conn {
         match self.inner.take() {
             Some(Inner::Own(conn, permit)) => {
                 if let Kind::Own(own) = &self.pool.kind {
-                    own.push_idle(conn);
+                    own.push_idle(conn, self.backend_pid);
                 }
                 // After the push, so a waiter woken by the permit finds the connection.
                 drop(permit);

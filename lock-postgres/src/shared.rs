@@ -10,11 +10,13 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 
-use crate::error::{from_sqlx, query_timed_out, session_gone, sqlstate};
+use crate::error::{
+    from_sqlx, pooled_session, pooler_statement_error, query_timed_out, session_gone, sqlstate,
+};
 use crate::lease::PgLease;
 use crate::listener::Listener;
 use crate::pool::{AcquireError, ConnPool};
-use crate::sql::Statements;
+use crate::sql::{SESSION_CHANGED, SESSION_SHARED, Statements};
 use crate::{WaitStrategy, lock_key_in};
 
 /// The largest TTL: `idle_session_timeout` is an `int` of milliseconds.
@@ -125,28 +127,44 @@ impl Core {
         loop {
             tries_left -= 1;
             let mut conn = self.connection(until).await?;
-            let query = sqlx::query_scalar::<_, Option<i64>>(self.statements.acquire.clone())
+            let query = sqlx::query_as::<_, (Option<i64>, i32)>(self.statements.acquire.clone())
                 .bind(key)
-                .bind(&ttl_ms);
+                .bind(&ttl_ms)
+                .bind(i64::from(conn.backend_pid.unwrap_or(0)));
             let outcome =
                 tokio::time::timeout(self.query_timeout, query.fetch_one(conn.raw())).await;
             return match outcome {
-                Ok(Ok(Some(fence))) => {
+                // `conn` is dropped, so closed: its server session is not ours alone.
+                Ok(Ok((Some(SESSION_CHANGED), _))) => Err(pooled_session(
+                    "the session under a pooled connection changed since its last statement",
+                    false,
+                )),
+                Ok(Ok((Some(SESSION_SHARED), _))) => Err(pooled_session(
+                    "a fresh lock connection's session already holds a lock",
+                    false,
+                )),
+                Ok(Ok((Some(fence), pid))) => {
                     let fencing_token = u64::try_from(fence).map_err(|_| {
                         LockError::backend(format!(
                             "the fencing sequence {} returned {fence}; it must count up from 1",
                             self.sequence
                         ))
                     })?;
+                    conn.backend_pid = Some(pid);
                     Ok(Attempt::Acquired {
-                        lease: PgLease::new(Arc::clone(self), key, conn.pin()),
+                        lease: PgLease::new(Arc::clone(self), key, pid, conn.pin()),
                         fencing_token,
                     })
                 }
-                Ok(Ok(None)) => {
+                Ok(Ok((None, pid))) => {
+                    conn.backend_pid = Some(pid);
                     conn.recycle();
                     Ok(Attempt::Held { retry_after: None })
                 }
+                Ok(Err(err)) if pooler_statement_error(&err) => Err(pooled_session(
+                    &format!("pg_try_advisory_lock failed ({err})"),
+                    false,
+                )),
                 Ok(Err(err)) if session_gone(&err) && conn.reused && tries_left > 0 => {
                     tracing::debug!(error = %err, "stale pooled connection, trying another");
                     continue;

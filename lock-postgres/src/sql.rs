@@ -25,12 +25,22 @@ fn quote_literal(text: &str) -> String {
 /// Extend: if this session still holds the key in `pg_locks` (`$1`, `$2`:
 /// the key's high and low halves), restart the TTL (`$3`, ms) → true.
 /// Any statement restarts the idle timer; this one also proves the lock.
+/// NULL when the session is not the one that took the lock (`$4`, its
+/// `pg_backend_pid()`): a transaction pooler moved us to another one.
 pub(crate) const EXTEND: &str = "\
-SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+SELECT CASE WHEN pg_catalog.pg_backend_pid() <> $4 THEN NULL \
+            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
                          WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() \
                            AND granted AND objsubid = 1 AND classid = $1::oid AND objid = $2::oid) \
             THEN pg_catalog.set_config('idle_session_timeout', $3, false) IS NOT NULL \
             ELSE false END";
+
+/// The session setting that marks a session holding one of our session
+/// locks (the key as text; empty or unset when it holds none). A lock
+/// connection is clean when it leaves the pool, so a set marker at acquire
+/// time means the server session is shared — through a transaction pooler —
+/// and taking the lock there would be re-entrant, i.e. granted twice.
+pub(crate) const HELD_MARKER: &str = "distlock.held_key";
 
 /// What a fresh connection reports about the server.
 pub(crate) const SERVER_INFO: &str = "\
@@ -38,17 +48,33 @@ SELECT pg_catalog.current_setting('server_version_num')::int4, \
        pg_catalog.current_setting('idle_session_timeout', true), \
        pg_catalog.current_setting('synchronous_commit') IN ('off', 'local')";
 
+/// What the acquire statement returns instead of a fencing token when the
+/// connection's server session is not the one it had before (`$3`).
+pub(crate) const SESSION_CHANGED: i64 = -2;
+/// … when the session already holds one of our locks (see [`HELD_MARKER`]).
+pub(crate) const SESSION_SHARED: i64 = -1;
+
 /// The per-client statements.
+///
+/// Each has a parameter list of its own (count or types), so that a
+/// transaction pooler handing one client's named prepared statement to
+/// another can only make the server refuse the bind, never run the wrong
+/// statement.
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
-    /// `$1` key, `$2` TTL in ms → the fencing token when granted, NULL
-    /// when held. The TTL (`idle_session_timeout`) is only set when granted.
+    /// `$1` key, `$2` TTL in ms, `$3` the session's expected
+    /// `pg_backend_pid()` (0: not known yet) → (the fencing token when
+    /// granted, NULL when held, [`SESSION_CHANGED`] or [`SESSION_SHARED`]
+    /// when the session is not ours alone; `pg_backend_pid()`). The TTL
+    /// (`idle_session_timeout`) and the [`HELD_MARKER`] are only set when granted.
     pub(crate) acquire: SqlStr,
-    /// `$1` key, `$2` the default idle_session_timeout, `$3` channel → true
-    /// when released (then also reset and announced with `pg_notify`).
+    /// `$1` key, `$2` the default idle_session_timeout, `$3` channel, `$4`
+    /// the holding session's pid → true when released (then also reset and
+    /// announced with `pg_notify`); NULL on another session.
     pub(crate) release_notify: SqlStr,
-    /// `$1` key, `$2` the default idle_session_timeout → true when released
-    /// (then also reset).
+    /// `$1` key, `$2` the default idle_session_timeout, `$3` the holding
+    /// session's pid → true when released (then also reset); NULL on
+    /// another session.
     pub(crate) release_plain: SqlStr,
 }
 
@@ -57,39 +83,56 @@ impl Statements {
     /// a commit wait for its WAL flush (`on`, `remote_write`, `remote_apply`).
     pub(crate) fn new(sequence: &str, durable_commits: bool) -> Self {
         let sequence = quote_literal(sequence);
-        // When granted: set the TTL, and — on a server whose commits do not
-        // wait for the WAL flush — make this one wait. nextval WAL-logs only
-        // every 32nd value, and a crash that loses that record would hand
-        // out old fencing tokens again; the commit is a no-op for the other 31.
-        let settings = if durable_commits {
-            "pg_catalog.set_config('idle_session_timeout', $2, false)".to_owned()
+        // When granted: set the TTL and the marker, and — on a server whose
+        // commits do not wait for the WAL flush — make this one wait.
+        // nextval WAL-logs only every 32nd value, and a crash that loses
+        // that record would hand out old fencing tokens again; the commit is
+        // a no-op for the other 31.
+        let durable = if durable_commits {
+            ""
         } else {
-            "pg_catalog.concat(pg_catalog.set_config('idle_session_timeout', $2, false), \
-                               pg_catalog.set_config('synchronous_commit', 'on', true))"
-                .to_owned()
+            ", pg_catalog.set_config('synchronous_commit', 'on', true)"
         };
+        let settings = format!(
+            "pg_catalog.concat(pg_catalog.set_config('idle_session_timeout', $2, false), \
+                               pg_catalog.set_config('{HELD_MARKER}', $1::text, false){durable})"
+        );
+        // The session checks cost no round trip: they ride in the statement
+        // that takes the lock, before it is taken.
         let acquire = format!(
-            "SELECT CASE WHEN pg_catalog.pg_try_advisory_lock($1) THEN \
+            "SELECT CASE WHEN $3::int8 <> 0 AND pg_catalog.pg_backend_pid() <> $3::int8 \
+                         THEN {SESSION_CHANGED} \
+                    WHEN pg_catalog.current_setting('{HELD_MARKER}', true) <> '' \
+                         THEN {SESSION_SHARED} \
+                    WHEN pg_catalog.pg_try_advisory_lock($1) THEN \
                     CASE WHEN {settings} IS NOT NULL \
-                         THEN pg_catalog.nextval({sequence}::regclass) END END"
+                         THEN pg_catalog.nextval({sequence}::regclass) END END, \
+                    pg_catalog.pg_backend_pid()"
         );
         // The release commits asynchronously: it writes nothing that must
         // survive a crash (the NOTIFY makes PostgreSQL log a commit record),
-        // so it need not wait for a WAL flush. `concat` evaluates all three.
-        let release_notify = "\
-            SELECT CASE WHEN pg_catalog.pg_advisory_unlock($1) THEN \
-                   pg_catalog.concat(pg_catalog.set_config('idle_session_timeout', $2, false), \
-                                     pg_catalog.set_config('synchronous_commit', 'off', true), \
-                                     pg_catalog.pg_notify($3, $1::text)) IS NOT NULL \
-                   ELSE false END";
-        let release_plain = "\
-            SELECT CASE WHEN pg_catalog.pg_advisory_unlock($1) THEN \
-                   pg_catalog.set_config('idle_session_timeout', $2, false) IS NOT NULL \
-                   ELSE false END";
+        // so it need not wait for a WAL flush. `concat` evaluates all its
+        // arguments.
+        let release_notify = format!(
+            "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> $4 THEN NULL \
+                    WHEN pg_catalog.pg_advisory_unlock($1) THEN \
+                    pg_catalog.concat(pg_catalog.set_config('idle_session_timeout', $2, false), \
+                                      pg_catalog.set_config('{HELD_MARKER}', '', false), \
+                                      pg_catalog.set_config('synchronous_commit', 'off', true), \
+                                      pg_catalog.pg_notify($3, $1::text)) IS NOT NULL \
+                    ELSE false END"
+        );
+        let release_plain = format!(
+            "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> $3 THEN NULL \
+                    WHEN pg_catalog.pg_advisory_unlock($1) THEN \
+                    pg_catalog.concat(pg_catalog.set_config('idle_session_timeout', $2, false), \
+                                      pg_catalog.set_config('{HELD_MARKER}', '', false)) IS NOT NULL \
+                    ELSE false END"
+        );
         Statements {
             acquire: AssertSqlSafe(acquire).into_sql_str(),
-            release_notify: release_notify.into_sql_str(),
-            release_plain: release_plain.into_sql_str(),
+            release_notify: AssertSqlSafe(release_notify).into_sql_str(),
+            release_plain: AssertSqlSafe(release_plain).into_sql_str(),
         }
     }
 }

@@ -107,3 +107,100 @@ mod tests {
         assert!(check_prefix(&"x".repeat(257)).is_err());
     }
 }
+
+/// Properties over arbitrary names: the encoding is injective (it decodes
+/// back), a lock and its counter always share one non-empty hash tag, and
+/// exactly the names of 1..=1024 bytes are valid.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Undoes the escaping of a hash tag: `%25` → `%`, `%7D` → `}`.
+    fn unescape(tag: &str) -> String {
+        tag.replace("%7D", "}").replace("%25", "%")
+    }
+
+    /// Names rich in the characters the encoding treats specially.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[%{}:*\n\0a7D25]{1,12}",
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("%"),
+                    Just("}"),
+                    Just("%7D"),
+                    Just("%25"),
+                    Just("{"),
+                    Just(":fence")
+                ],
+                1..8
+            )
+            .prop_map(|parts| parts.concat()),
+        ]
+    }
+
+    fn prefix() -> impl Strategy<Value = String> {
+        "[^{}]{0,12}"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn the_hash_tag_decodes_back_to_the_name(name in name(), prefix in prefix()) {
+            prop_assume!(!name.is_empty()); // not a valid name
+            let lock = lock_key(&prefix, &name);
+            prop_assert!(lock.starts_with(&prefix));
+            let tag = hash_tag(&lock);
+            prop_assert_eq!(unescape(tag), name);
+        }
+
+        #[test]
+        fn distinct_names_never_share_a_key(a in name(), b in name(), prefix in prefix()) {
+            prop_assume!(a != b);
+            let (lock_a, lock_b) = (lock_key(&prefix, &a), lock_key(&prefix, &b));
+            let (fence_a, fence_b) = (fence_key(&lock_a), fence_key(&lock_b));
+            prop_assert_ne!(&lock_a, &lock_b);
+            prop_assert_ne!(&fence_a, &fence_b);
+            prop_assert_ne!(&lock_a, &fence_b);
+            prop_assert_ne!(&fence_a, &lock_b);
+        }
+
+        #[test]
+        fn a_lock_and_its_counter_share_one_slot(name in name(), prefix in prefix()) {
+            prop_assume!(!name.is_empty());
+            let lock = lock_key(&prefix, &name);
+            let fence = fence_key(&lock);
+            let tag = hash_tag(&lock);
+            prop_assert!(!tag.is_empty());
+            prop_assert_ne!(tag, lock.as_str(), "the key has a hash tag");
+            prop_assert_eq!(tag, hash_tag(&fence));
+            prop_assert!(check_prefix(&prefix).is_ok());
+        }
+
+        #[test]
+        fn exactly_names_of_1_to_1024_bytes_are_valid(name in prop_oneof![
+            any::<String>(),
+            (1020usize..1030).prop_map(|n| "é".repeat(n / 2) + &"x".repeat(n % 2)),
+            Just(String::new()),
+        ]) {
+            let valid = lock_api::validate_name(&name);
+            if (1..=lock_api::MAX_NAME_LEN).contains(&name.len()) {
+                prop_assert!(valid.is_ok(), "{} bytes: {:?}", name.len(), valid);
+            } else {
+                prop_assert!(
+                    matches!(valid, Err(lock_api::LockError::InvalidName(_))),
+                    "{} bytes: {:?}", name.len(), valid
+                );
+            }
+        }
+
+        #[test]
+        fn prefixes_with_a_brace_are_refused(prefix in "[^{}]{0,8}[{}][^{}]{0,8}") {
+            prop_assert!(check_prefix(&prefix).is_err());
+        }
+    }
+}

@@ -45,6 +45,11 @@
 //! - [`cut`](LinkProxy::cut): connections reset, new ones refused.
 //! - [`restore`](LinkProxy::restore): back to normal, on the same port.
 //!
+//! Whether a run under such faults stayed correct is for a [`History`] to
+//! tell: clients record each acquire and release on one monotonic clock, and
+//! [`History::check`] fails on a lock held twice at once or fencing tokens
+//! that do not rise; [`check_seat_log`] checks the protected data.
+//!
 //! # Environment
 //!
 //! - Binaries: `redis-server` from `PATH`; PostgreSQL from `$DISTLOCK_PG_BIN`
@@ -62,10 +67,12 @@
 mod cpu;
 mod error;
 mod exit_cleanup;
+mod history;
 mod link;
 mod pg_binaries;
 mod pg_server;
 mod pg_template;
+mod pgbouncer;
 mod process;
 mod redis_server;
 mod spawner;
@@ -74,8 +81,13 @@ mod workdir;
 
 pub use cpu::{available_cpus, pin_apart, pin_current_thread, pin_process};
 pub use error::TestkitError;
+pub use history::{
+    Counts, Held, History, Interval, Note, Op, OpId, Outcome, Report, SeatAction, SeatWrite,
+    Violation, check_seat_log,
+};
 pub use link::{LinkProxy, LinkState};
 pub use pg_server::{PgOptions, PgServer};
+pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
 pub use process::process_is_alive;
 pub use redis_server::{RedisOptions, RedisServer};
 pub use tls::TestCertificates;

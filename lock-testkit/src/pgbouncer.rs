@@ -1,0 +1,392 @@
+//! A throwaway PgBouncer (Debian's `pgbouncer`) in front of a [`PgServer`],
+//! on a free loopback port, so tests can see what a connection pooler does to
+//! session state such as advisory locks.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::error::{TestkitError, io_error};
+use crate::pg_binaries::pg_binaries;
+use crate::pg_server::PgServer;
+use crate::process::{
+    self, Log, PORT_ATTEMPTS, find_on_path, free_port, is_executable, is_unreaped, run_checked,
+    signal, wait_child,
+};
+use crate::spawner;
+use crate::workdir::{self, RunAs};
+
+const SERVER: &str = "pgbouncer";
+/// The environment variable naming the `pgbouncer` program to run.
+const PGBOUNCER_ENV: &str = "DISTLOCK_PGBOUNCER";
+/// Where Debian installs it (off an unprivileged user's `PATH`).
+const DEBIAN_PATH: &str = "/usr/sbin/pgbouncer";
+const HINT: &str = "install it with `apt-get install pgbouncer` (scripts/ensure-servers.sh does), \
+                    or point DISTLOCK_PGBOUNCER at the program";
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How PgBouncer hands server connections to clients (`pool_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A server connection per client connection, for the client's whole
+    /// session: session state (advisory locks, `SET`) works as on PostgreSQL.
+    Session,
+    /// A server connection per transaction: between transactions a client's
+    /// next statement may run on another server session, and its session
+    /// state (a session-level advisory lock) stays behind on the old one.
+    Transaction,
+}
+
+impl PoolMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+/// Configuration of a [`PgBouncer`].
+///
+/// The defaults: transaction pooling, 4 server connections per database and
+/// user (`default_pool_size`), up to 200 clients, trust authentication for
+/// the user `postgres`, and `ignore_startup_parameters = extra_float_digits`
+/// (which sqlx sends). Other `[pgbouncer]` settings are added with
+/// [`setting`](Self::setting), after the kit's, so they override them.
+#[derive(Debug, Clone)]
+pub struct PgBouncerOptions {
+    pool_mode: PoolMode,
+    pool_size: u32,
+    settings: Vec<(String, String)>,
+    ready_timeout: Duration,
+}
+
+impl Default for PgBouncerOptions {
+    fn default() -> Self {
+        Self {
+            pool_mode: PoolMode::Transaction,
+            pool_size: 4,
+            settings: Vec::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+}
+
+impl PgBouncerOptions {
+    /// Transaction pooling, 4 server connections.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `pool_mode` (default [`PoolMode::Transaction`]).
+    pub fn pool_mode(mut self, mode: PoolMode) -> Self {
+        self.pool_mode = mode;
+        self
+    }
+
+    /// `default_pool_size`: server connections per database and user (default 4).
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// Any `[pgbouncer]` setting, e.g. `setting("server_round_robin", "1")`.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// How long a start may take before it fails (default 10 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+}
+
+/// A `pgbouncer` child process on `127.0.0.1` in front of one [`PgServer`]
+/// (every database of it, as user `postgres`).
+///
+/// When the tests run as root it runs as the same unprivileged user as the
+/// PostgreSQL server (PgBouncer refuses to run as root). Dropping it stops
+/// it (SIGTERM, SIGKILL after 5 s) and removes its directory; if the test
+/// process dies, the kernel kills it (`PR_SET_PDEATHSIG`).
+///
+/// ```no_run
+/// use lock_testkit::{PgBouncer, PgBouncerOptions, PgServer, PoolMode};
+///
+/// # fn main() -> Result<(), lock_testkit::TestkitError> {
+/// let pg = PgServer::start()?;
+/// let bouncer = PgBouncer::start(&pg, PgBouncerOptions::new().pool_mode(PoolMode::Transaction))?;
+/// let url = bouncer.url_for("postgres"); // connect clients here instead of pg.url()
+/// # let _ = url;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PgBouncer {
+    port: u16,
+    pool_mode: PoolMode,
+    log_path: PathBuf,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer in front of `server` and waits until a query
+    /// through it succeeds.
+    ///
+    /// Fails with [`TestkitError::NotInstalled`] when `pgbouncer` is not found
+    /// (`$DISTLOCK_PGBOUNCER`, `PATH`, `/usr/sbin/pgbouncer`).
+    pub fn start(server: &PgServer, options: PgBouncerOptions) -> Result<Self, TestkitError> {
+        let binary = pgbouncer_binary()?;
+        let run_as = workdir::unprivileged_user()?;
+        let dir = workdir::instance_dir(workdir::PG_PREFIX, run_as)?;
+        let log_path = dir.path().join("pgbouncer.log");
+        let auth_file = dir.path().join("userlist.txt");
+        fs::write(&auth_file, "\"postgres\" \"\"\n")
+            .map_err(io_error(format!("could not write {}", auth_file.display())))?;
+        let mut attempt = 1;
+        loop {
+            let port = free_port()?;
+            let config = dir.path().join("pgbouncer.ini");
+            fs::write(
+                &config,
+                config_text(server.port(), port, &auth_file, &options),
+            )
+            .map_err(io_error(format!("could not write {}", config.display())))?;
+            if let Some(user) = run_as {
+                for file in [&config, &auth_file] {
+                    workdir::chown(file, user)?;
+                }
+            }
+            match launch(binary, &config, &log_path, port, run_as, &options) {
+                Ok(child) => {
+                    return Ok(Self {
+                        port,
+                        pool_mode: options.pool_mode,
+                        log_path,
+                        child,
+                        _dir: dir,
+                    });
+                }
+                Err(e) if e.is_port_in_use() && attempt < PORT_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The URL of database `name` through PgBouncer, as user `postgres`.
+    pub fn url_for(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, name)
+    }
+
+    /// The TCP port PgBouncer listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The pool mode it runs with.
+    pub fn pool_mode(&self) -> PoolMode {
+        self.pool_mode
+    }
+
+    /// PgBouncer's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The file that receives PgBouncer's log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if is_unreaped(&mut self.child) {
+            let _ = signal(self.child.id(), libc::SIGTERM);
+            if !matches!(wait_child(&mut self.child, STOP_GRACE), Ok(Some(_))) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// The `pgbouncer` program: `$DISTLOCK_PGBOUNCER`, else on `PATH`, else
+/// Debian's `/usr/sbin/pgbouncer`; located once per process.
+fn pgbouncer_binary() -> Result<&'static Path, TestkitError> {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found);
+    }
+    let found = if let Some(path) = std::env::var_os(PGBOUNCER_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if !is_executable(&path) {
+            return Err(TestkitError::NotInstalled {
+                program: SERVER.into(),
+                searched: format!("at {PGBOUNCER_ENV}={}", path.display()),
+                hint: HINT.into(),
+            });
+        }
+        path
+    } else if let Some(path) = find_on_path(SERVER) {
+        path
+    } else if is_executable(Path::new(DEBIAN_PATH)) {
+        PathBuf::from(DEBIAN_PATH)
+    } else {
+        return Err(TestkitError::NotInstalled {
+            program: SERVER.into(),
+            searched: format!("in ${PGBOUNCER_ENV}, on PATH or at {DEBIAN_PATH}"),
+            hint: HINT.into(),
+        });
+    };
+    Ok(FOUND.get_or_init(|| found))
+}
+
+fn config_text(pg_port: u16, port: u16, auth_file: &Path, options: &PgBouncerOptions) -> String {
+    let mut settings: Vec<(String, String)> = vec![
+        ("listen_addr".into(), "127.0.0.1".into()),
+        ("listen_port".into(), port.to_string()),
+        // No Unix socket: it would need a directory of its own.
+        ("unix_socket_dir".into(), String::new()),
+        ("auth_type".into(), "trust".into()),
+        ("auth_file".into(), auth_file.display().to_string()),
+        ("pool_mode".into(), options.pool_mode.as_str().into()),
+        ("default_pool_size".into(), options.pool_size.to_string()),
+        ("max_client_conn".into(), "200".into()),
+        (
+            "ignore_startup_parameters".into(),
+            "extra_float_digits".into(),
+        ),
+        ("admin_users".into(), "postgres".into()),
+        // Fail fast rather than queue forever when PostgreSQL is down.
+        ("server_connect_timeout".into(), "5".into()),
+        ("query_wait_timeout".into(), "30".into()),
+    ];
+    settings.extend(options.settings.iter().cloned());
+    let mut text = format!("[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n");
+    for (name, value) in settings {
+        text.push_str(&format!("{name} = {value}\n"));
+    }
+    text
+}
+
+fn launch(
+    binary: &Path,
+    config: &Path,
+    log_path: &Path,
+    port: u16,
+    run_as: Option<RunAs>,
+    options: &PgBouncerOptions,
+) -> Result<Child, TestkitError> {
+    let log = Log::open(log_path)?;
+    let (stdout, stderr) = log.stdio()?;
+    let mut command = Command::new(binary);
+    command
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    if let Some(dir) = config.parent() {
+        command.current_dir(dir);
+    }
+    if let Some(user) = run_as {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let mut child = spawner::spawn_owned(command, libc::SIGKILL)
+        .map_err(io_error(format!("could not run {}", binary.display())))?;
+    match wait_ready(
+        &mut child,
+        port,
+        log_path,
+        log.offset,
+        options.ready_timeout,
+    ) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+fn wait_ready(
+    child: &mut Child,
+    port: u16,
+    log_path: &Path,
+    log_offset: u64,
+    timeout: Duration,
+) -> Result<(), TestkitError> {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut nap = Duration::from_millis(5);
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(io_error("could not check on pgbouncer"))?
+        {
+            return Err(process::startup_failure(
+                SERVER, port, status, log_path, log_offset,
+            ));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // Listening; a query through it proves it reaches PostgreSQL.
+            return query_through(port).map_err(|e| TestkitError::NotReady {
+                server: SERVER,
+                port,
+                timeout,
+                log_tail: format!("{e}\n{}", process::log_tail(log_path, log_offset)),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(TestkitError::NotReady {
+                server: SERVER,
+                port,
+                timeout,
+                log_tail: process::log_tail(log_path, log_offset),
+            });
+        }
+        thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(25));
+    }
+}
+
+/// `SELECT 1` through PgBouncer with psql.
+fn query_through(port: u16) -> Result<(), TestkitError> {
+    let bins = pg_binaries()?;
+    let mut command = Command::new(&bins.psql);
+    command
+        .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-c", "SELECT 1"])
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGOPTIONS")
+        .env_remove("PGSERVICE");
+    let output = run_checked(command, PSQL_TIMEOUT)?;
+    if String::from_utf8_lossy(&output.stdout).trim() == "1" {
+        Ok(())
+    } else {
+        Err(TestkitError::Other(format!(
+            "SELECT 1 through pgbouncer on port {port} returned {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        )))
+    }
+}

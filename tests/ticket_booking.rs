@@ -179,16 +179,7 @@ async fn stalled_holder(backend: Backend, meanwhile: Meanwhile) {
     let mut frozen = BoxOffice::new(Arc::clone(&locks), db.clone());
     frozen.ttl = Duration::from_millis(300);
     frozen.renew = false; // a frozen process renews nothing
-    frozen.stall_before_write = Some({
-        let (stalled, wake_up) = (Arc::clone(&stalled), Arc::clone(&wake_up));
-        Arc::new(move || {
-            let (stalled, wake_up) = (Arc::clone(&stalled), Arc::clone(&wake_up));
-            Box::pin(async move {
-                stalled.notify_one();
-                wake_up.notified().await;
-            })
-        })
-    });
+    frozen.stall_before_write = Some(booking::freeze(&stalled, &wake_up));
     let mallory = tokio::spawn(async move { frozen.book(ticket, "mallory").await });
     tokio::time::timeout(Duration::from_secs(10), stalled.notified())
         .await

@@ -14,6 +14,7 @@ use std::time::Duration;
 use distlock::fencing::Fence;
 use distlock::{DistributedLock, LockError, LockGuard, fence_condition};
 use sqlx::PgPool;
+use tokio::sync::Notify;
 
 /// Tables `events`, `tickets` (status, holder, fence) and `ticket_log`.
 pub(crate) const SCHEMA: &str = include_str!("schema.sql");
@@ -173,6 +174,19 @@ const CANCEL: &str = concat!(
 
 /// A pause injected between the last validity check and the write.
 pub(crate) type Stall = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A stall that signals `stalled` and then waits for `wake_up`: a holder
+/// frozen right before its write until it is told to go on.
+pub(crate) fn freeze(stalled: &Arc<Notify>, wake_up: &Arc<Notify>) -> Stall {
+    let (stalled, wake_up) = (Arc::clone(stalled), Arc::clone(wake_up));
+    Arc::new(move || {
+        let (stalled, wake_up) = (Arc::clone(&stalled), Arc::clone(&wake_up));
+        Box::pin(async move {
+            stalled.notify_one();
+            wake_up.notified().await;
+        })
+    })
+}
 
 /// A booking service instance: many of these, in many processes, share one
 /// lock server and one database.

@@ -152,16 +152,7 @@ async fn a_stalled_holder_is_fenced_off(
     let mut frozen = BoxOffice::new(Arc::clone(locks), db.clone());
     frozen.ttl = ttl;
     frozen.renew = false; // a frozen process does not renew anything
-    frozen.stall_before_write = Some({
-        let (stalled, wake_up) = (Arc::clone(&stalled), Arc::clone(&wake_up));
-        Arc::new(move || {
-            let (stalled, wake_up) = (Arc::clone(&stalled), Arc::clone(&wake_up));
-            Box::pin(async move {
-                stalled.notify_one();
-                wake_up.notified().await;
-            })
-        })
-    });
+    frozen.stall_before_write = Some(booking::freeze(&stalled, &wake_up));
     let mallory = tokio::spawn(async move { frozen.book(ticket, "mallory").await });
     stalled.notified().await;
     println!(

@@ -6,79 +6,14 @@
 //! drop) report to it too and parallel tests do not see each other.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use lock_api::{Attempt, DistributedLock, Lease, LockBackend, LockError, MemoryLease, MemoryLock};
+use lock_api::{DistributedLock, LockError, MemoryLock};
 
-const BOUND: Duration = Duration::from_secs(10);
-
-const EXTEND_OK: u8 = 0;
-const EXTEND_LOST: u8 = 1;
-const EXTEND_UNREACHABLE: u8 = 2;
-
-/// MemoryLock whose extends can be switched to fail, so a lock can get lost
-/// under renewal. Reports itself as backend `"switchable"`.
-#[derive(Clone, Default)]
-struct Switchable {
-    inner: MemoryLock,
-    extend: Arc<AtomicU8>,
-}
-
-struct SwitchableLease {
-    inner: MemoryLease,
-    extend: Arc<AtomicU8>,
-}
-
-#[async_trait]
-impl LockBackend for Switchable {
-    type Lease = SwitchableLease;
-
-    fn kind(&self) -> &'static str {
-        "switchable"
-    }
-
-    fn max_ttl(&self) -> Duration {
-        self.inner.max_ttl()
-    }
-
-    async fn try_lock(
-        &self,
-        name: &str,
-        ttl: Duration,
-    ) -> Result<Attempt<SwitchableLease>, LockError> {
-        Ok(match self.inner.try_lock(name, ttl).await? {
-            Attempt::Acquired {
-                lease,
-                fencing_token,
-            } => Attempt::Acquired {
-                lease: SwitchableLease {
-                    inner: lease,
-                    extend: Arc::clone(&self.extend),
-                },
-                fencing_token,
-            },
-            Attempt::Held { retry_after } => Attempt::Held { retry_after },
-        })
-    }
-}
-
-#[async_trait]
-impl Lease for SwitchableLease {
-    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
-        match self.extend.load(Ordering::SeqCst) {
-            EXTEND_LOST => Err(LockError::Lost),
-            EXTEND_UNREACHABLE => Err(LockError::connection("server unreachable (test)")),
-            _ => self.inner.extend(ttl).await,
-        }
-    }
-
-    async fn release(&mut self) -> Result<(), LockError> {
-        self.inner.release().await
-    }
-}
+mod support;
+use support::*;
 
 /// A current-thread runtime with a paused clock: renewal schedules run
 /// deterministically, and every task runs on the test's thread.
@@ -89,12 +24,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .expect("a Tokio runtime")
-}
-
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
 }
 
 mod tracing_output {

@@ -2,7 +2,8 @@
 # Makes sure the server binaries the tests and benchmarks start are installed:
 # redis-server and PostgreSQL (initdb, postgres, pg_isready, psql), PgBouncer
 # (the pooler tests put it in front of PostgreSQL), and openssl (the TLS tests
-# make their own throwaway CA with it).
+# make their own throwaway CA with it), and the OpenSSL headers (libssl-dev,
+# pkg-config) the comparison run's peer crates link against.
 # Installs what is missing with apt-get (as root, or through sudo); otherwise
 # stops with the exact command to run. Prints the PostgreSQL bin directory it
 # found as `DISTLOCK_PG_BIN=...` on its last line, for callers to export.
@@ -35,6 +36,8 @@ find_pg_bin >/dev/null || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]]; }
 have_pgbouncer || missing+=(pgbouncer)
+# The comparison run's peer crates link OpenSSL (native-tls, through sqlx 0.8).
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
 
 if ((${#missing[@]})); then
     install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"

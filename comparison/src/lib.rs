@@ -1,0 +1,14 @@
+//! The side-by-side comparison run of distlock's Redis and PostgreSQL
+//! backends (`scripts/compare.sh`): the pieces the `distlock-compare` binary
+//! and the Criterion bench `cycle` share.
+//!
+//! Everything here measures against throwaway servers started by
+//! lock-testkit; nothing is meant for use outside the comparison run.
+
+pub mod booking;
+pub mod cyclers;
+pub mod hold;
+pub mod measure;
+pub mod report;
+pub mod results;
+pub mod system;

@@ -1,0 +1,604 @@
+//! `distlock-compare`: the comparison run's own measurements (sampled
+//! latencies, hand-off, hold cost, capacity, booking under held locks),
+//! printed as they go and written to `target/comparison/` as `report.md`,
+//! SVG charts and `results.json`. `scripts/compare.sh` runs it after the
+//! Criterion groups.
+//!
+//! ```text
+//! cargo run --release -p distlock-comparison -- [--quick] [--out DIR]
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use distlock::DistributedLock;
+use distlock_comparison::cyclers::{
+    Cycler, Distlock, DlPg, DlRedis, POSTGRES, REDIS, RawPg, RawRedis, RsLock,
+};
+use distlock_comparison::results::{BookingResult, Results};
+use distlock_comparison::{booking, hold, measure, report, system};
+use lock_postgres::PgLockOptions;
+use lock_redis::RedisLock;
+use lock_testkit::{PgOptions, PgServer, RedisServer};
+use plotters::prelude::SeriesLabelPosition;
+use sqlx::postgres::PgPoolOptions;
+
+/// How long and how much each section measures.
+struct Plan {
+    quick: bool,
+    warm_up: Duration,
+    measure: Duration,
+    tasks: &'static [usize],
+    waiters: &'static [usize],
+    hand_offs: usize,
+    hold_ks: &'static [usize],
+    redis_capacity: usize,
+    booking_ks: &'static [usize],
+    booking_time: Duration,
+}
+
+const QUICK: Plan = Plan {
+    quick: true,
+    warm_up: Duration::from_millis(100),
+    measure: Duration::from_millis(400),
+    tasks: &[1, 16, 64],
+    waiters: &[2, 8, 32],
+    hand_offs: 100,
+    hold_ks: &[10, 50, 90],
+    redis_capacity: 20_000,
+    booking_ks: &[0, 10, 20, 25],
+    booking_time: Duration::from_secs(1),
+};
+
+const FULL: Plan = Plan {
+    quick: false,
+    warm_up: Duration::from_millis(500),
+    measure: Duration::from_secs(3),
+    tasks: &[1, 16, 64],
+    waiters: &[2, 8, 32],
+    hand_offs: 1000,
+    hold_ks: &[10, 50, 90],
+    redis_capacity: 1_000_000,
+    booking_ks: &[0, 5, 10, 15, 18, 20, 25],
+    booking_time: Duration::from_secs(4),
+};
+
+/// The booking setup of section 4.
+const BOOKING_POOL: u32 = 20;
+const BOOKING_CLIENTS: usize = 16;
+const TICKETS: i64 = 1000;
+
+fn main() -> anyhow::Result<()> {
+    let mut quick = false;
+    let mut out = PathBuf::from("target/comparison");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = args.next().context("--out needs a directory")?.into(),
+            other => anyhow::bail!("unknown argument {other:?} (expected --quick, --out DIR)"),
+        }
+    }
+    let plan = if quick { QUICK } else { FULL };
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+
+    let started = Instant::now();
+    let mut results = Results {
+        mode: if quick { "quick" } else { "full" }.to_owned(),
+        started: utc_now(),
+        command: std::env::var("DISTLOCK_COMPARE_COMMAND").unwrap_or_else(|_| {
+            format!(
+                "cargo run --release -p distlock-comparison --{}",
+                if quick { " --quick" } else { "" }
+            )
+        }),
+        cpus: lock_testkit::available_cpus(),
+        cpu_model: system::cpu_model(),
+        servers: vec![system::version_of("redis-server"), pg_version()],
+        load_before: system::load_average(),
+        ..Results::default()
+    };
+
+    // Servers on CPU 0, this thread (and the runtime it builds) on CPU 1.
+    let redis = RedisServer::start().context("start redis-server")?;
+    let pg =
+        PgServer::start_with(PgOptions::new().max_connections(400)).context("start PostgreSQL")?;
+    results.pinned = lock_testkit::pin_apart(redis.pid().context("redis pid")?)?;
+    if results.pinned {
+        lock_testkit::pin_process(pg.pid().context("postgres pid")?, 0)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "comparison run ({} mode): {} CPUs, servers {}; load average {}",
+        results.mode,
+        results.cpus,
+        if results.pinned {
+            "on CPU 0, client on CPU 1"
+        } else {
+            "not pinned"
+        },
+        results.load_before
+    );
+    rt.block_on(async {
+        let pg_url = pg.fresh_database()?;
+        cycles(&plan, &redis.url(), &pg_url, &mut results).await?;
+        hand_offs(&plan, &redis.url(), &pg_url, &mut results).await?;
+        anyhow::Ok(())
+    })?;
+    drop((redis, pg));
+
+    rt.block_on(holding(&plan, &mut results))?;
+    rt.block_on(bookings(&plan, &mut results))?;
+    results.wall_secs = started.elapsed().as_secs_f64();
+
+    write_report(&out, &results)?;
+    println!();
+    println!("{}", report::cycle_table(&results.cycles));
+    println!(
+        "custom measurements took {:.0} s; report: {}/report.md (charts and results.json beside it)",
+        results.wall_secs,
+        out.display()
+    );
+    Ok(())
+}
+
+async fn cycles(
+    plan: &Plan,
+    redis_url: &str,
+    pg_url: &str,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    println!(
+        "\n== 1 + 5. lock cycle (acquire + release), {} s per row after {} ms warm-up",
+        plan.measure.as_secs_f64(),
+        plan.warm_up.as_millis()
+    );
+    let max_tasks = plan.tasks.iter().copied().max().unwrap_or(1) as u32;
+    let mut cyclers: Vec<Arc<dyn Cycler>> = vec![
+        Arc::new(RawRedis::connect(redis_url).await?),
+        Arc::new(Distlock::redis(redis_url).await?),
+        Arc::new(Distlock::redis_without_wake_ups(redis_url).await?),
+        Arc::new(RawPg::connect(pg_url, max_tasks).await?),
+        Arc::new(Distlock::postgres(pg_url, max_tasks).await?),
+        Arc::new(Distlock::postgres_without_notify(pg_url, max_tasks).await?),
+    ];
+    match RsLock::connect(redis_url).await {
+        Ok(c) => cyclers.insert(3, Arc::new(c)),
+        Err(e) => results.peers_left_out.push(format!("rslock: {e:#}")),
+    }
+    match DlRedis::connect(redis_url).await {
+        Ok(c) => cyclers.insert(4, Arc::new(c)),
+        Err(e) => results
+            .peers_left_out
+            .push(format!("distributed-lock (Redis): {e:#}")),
+    }
+    match DlPg::connect(pg_url, max_tasks).await {
+        Ok(c) => cyclers.push(Arc::new(c)),
+        Err(e) => results
+            .peers_left_out
+            .push(format!("distributed-lock (PostgreSQL): {e:#}")),
+    }
+    println!(
+        "{:<11} {:<17} {:>5} {:>10} {:>10} {:>12}",
+        "backend", "implementation", "tasks", "p50", "p99", "cycles/s"
+    );
+    for cycler in cyclers {
+        for &tasks in plan.tasks {
+            match measure::cycles(Arc::clone(&cycler), tasks, plan.warm_up, plan.measure).await {
+                Ok(r) => {
+                    println!(
+                        "{:<11} {:<17} {:>5} {:>10} {:>10} {:>12}",
+                        r.backend,
+                        r.implementation,
+                        tasks,
+                        report::micros(r.latency.p50_us),
+                        report::micros(r.latency.p99_us),
+                        report::count(r.ops_per_sec)
+                    );
+                    results.cycles.push(r);
+                }
+                Err(e) => {
+                    let note = format!(
+                        "{} ({}) at {tasks} tasks failed: {e:#}",
+                        cycler.label(),
+                        cycler.backend()
+                    );
+                    println!("{note}");
+                    results.peers_left_out.push(note);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn hand_offs(
+    plan: &Plan,
+    redis_url: &str,
+    pg_url: &str,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    println!(
+        "\n== 2. hand-off on one name, each holder keeps it 1 ms ({} hand-offs per row)",
+        plan.hand_offs
+    );
+    println!(
+        "{:<11} {:>7} {:>10} {:>10} {:>12} {:>13}",
+        "backend", "waiters", "p50", "p99", "hand-offs/s", "longest wait"
+    );
+    for &waiters in plan.waiters {
+        for backend in [REDIS, POSTGRES] {
+            let mut clients: Vec<Arc<dyn DistributedLock>> = Vec::with_capacity(waiters);
+            for _ in 0..waiters {
+                if backend == REDIS {
+                    clients.push(Arc::new(RedisLock::connect(redis_url).await?));
+                } else {
+                    clients.push(Arc::new(
+                        PgLockOptions::new()
+                            .max_connections(1)
+                            .connect(pg_url)
+                            .await?,
+                    ));
+                }
+            }
+            let name = format!("cmp:handoff:{waiters}");
+            let r = measure::hand_off(
+                backend,
+                clients,
+                &name,
+                Duration::from_millis(1),
+                plan.hand_offs,
+            )
+            .await?;
+            println!(
+                "{:<11} {:>7} {:>10} {:>10} {:>12.0} {:>10.1} ms",
+                r.backend,
+                r.waiters,
+                report::micros(r.gap.p50_us),
+                report::micros(r.gap.p99_us),
+                r.hand_offs_per_sec,
+                r.longest_wait_ms
+            );
+            results.hand_offs.push(r);
+        }
+    }
+    Ok(())
+}
+
+fn pin(pid: Option<u32>, pinned: bool) -> anyhow::Result<()> {
+    if let (Some(pid), true) = (pid, pinned) {
+        lock_testkit::pin_process(pid, 0)?;
+    }
+    Ok(())
+}
+
+async fn holding(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
+    println!("\n== 3. the cost of holding K locks (fresh servers, PostgreSQL with its defaults)");
+    let redis = RedisServer::start()?;
+    let pg = PgServer::start()?;
+    pin(redis.pid(), results.pinned)?;
+    pin(pg.pid(), results.pinned)?;
+    let pg_url = pg.fresh_database()?;
+    // Warm-up, not recorded: the first locks on a fresh server also pay for
+    // script loading and client buffers.
+    hold::redis_hold(&redis, 100).await?;
+    println!(
+        "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
+        "backend", "K held", "connections", "memory growth", "per lock", "private/lock"
+    );
+    for &k in plan.hold_ks {
+        for r in [
+            hold::redis_hold(&redis, k).await?,
+            hold::pg_hold(&pg, &pg_url, k).await?,
+        ] {
+            println!(
+                "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
+                r.backend,
+                r.held,
+                r.server_connections,
+                report::bytes(r.memory_bytes as f64),
+                report::bytes(r.bytes_per_lock),
+                r.private_bytes.map_or("–".to_owned(), |p| report::bytes(
+                    p as f64 / r.held.max(1) as f64
+                )),
+            );
+            results.holds.push(r);
+        }
+    }
+
+    println!("\n-- capacity");
+    let pg_cap = hold::pg_capacity_distlock(&pg, &pg_url).await?;
+    print_capacity(&pg_cap);
+    results.capacity.push(pg_cap);
+    drop(pg);
+
+    let table = PgServer::start()?;
+    pin(table.pid(), results.pinned)?;
+    let table_url = table.fresh_database()?;
+    let lock_table = hold::pg_capacity_lock_table(&table_url).await?;
+    print_capacity(&lock_table);
+    results.capacity.push(lock_table);
+    drop(table);
+
+    let label = if plan.quick {
+        " (quick mode: not the full 1,000,000)"
+    } else {
+        ""
+    };
+    println!(
+        "Redis: {} locks through one client{label} ...",
+        report::count(plan.redis_capacity as f64)
+    );
+    let redis_cap = hold::redis_capacity(&redis, plan.redis_capacity).await?;
+    print_capacity(&redis_cap);
+    results.capacity.push(redis_cap);
+    Ok(())
+}
+
+fn print_capacity(c: &distlock_comparison::results::CapacityResult) {
+    println!(
+        "{}: {} locks in {:.2} s{} — {}",
+        c.backend,
+        report::count(c.held as f64),
+        c.acquire_secs,
+        c.bytes_per_lock.map_or(String::new(), |b| format!(
+            ", {} per lock",
+            report::bytes(b)
+        )),
+        c.how
+    );
+    if let Some(e) = &c.error {
+        println!("    stopped by: {e}");
+    }
+    for p in &c.probes {
+        println!("    {}: {}", p.what, p.outcome);
+    }
+}
+
+async fn bookings(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
+    results.booking_setup = format!(
+        "PostgreSQL with its default max_connections (100). The application has one sqlx pool of {BOOKING_POOL} connections \
+         (acquire timeout 1 s) that {BOOKING_CLIENTS} tasks use for booking transactions (UPDATE tickets … fence < $2 + INSERT INTO ticket_log, \
+         one transaction, on {TICKETS} seats; a sold seat is given back instead so the workload keeps going), {} s per row. \
+         K long-held locks are taken before each row and held throughout: *in PostgreSQL* through distlock's PgAdvisoryLock \
+         sharing the application's pool (`PgLockOptions::from_pool`, pool timeout 1 s) — each held lock pins one of the {BOOKING_POOL} connections; \
+         *in Redis* through distlock's RedisLock on a Redis server. K runs past the pool size.",
+        plan.booking_time.as_secs()
+    );
+    println!(
+        "\n== 4. booking transactions on PostgreSQL while K locks are held ({BOOKING_CLIENTS} clients, pool of {BOOKING_POOL})"
+    );
+    let pg = PgServer::start()?;
+    let redis = RedisServer::start()?;
+    pin(pg.pid(), results.pinned)?;
+    pin(redis.pid(), results.pinned)?;
+    let url = pg.fresh_database()?;
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        booking::prepare(&mut conn, TICKETS).await?;
+    }
+    let redis_locks = RedisLock::connect(&redis.url()).await?;
+    println!(
+        "{:>4} {:<11} {:>5} {:>11} {:>10} {:>10} {:>7}  first error",
+        "K", "locks in", "held", "bookings/s", "p50", "p99", "failed"
+    );
+    for &k in plan.booking_ks {
+        for locks_in in [REDIS, POSTGRES] {
+            let pool = PgPoolOptions::new()
+                .max_connections(BOOKING_POOL)
+                .acquire_timeout(Duration::from_secs(1))
+                .connect(&url)
+                .await?;
+            let pg_locks;
+            let locks: &dyn DistributedLock = if locks_in == REDIS {
+                &redis_locks
+            } else {
+                pg_locks = PgLockOptions::new()
+                    .pool_timeout(Duration::from_secs(1))
+                    .from_pool(pool.clone())
+                    .await?;
+                &pg_locks
+            };
+            let attempts =
+                (0..k).map(|n| locks.try_acquire_owned_name(format!("long:{locks_in}:{k}:{n}")));
+            let outcomes = futures::future::join_all(attempts).await;
+            let mut guards = Vec::new();
+            let mut lock_error = None;
+            for outcome in outcomes {
+                match outcome {
+                    Ok(Some(guard)) => guards.push(guard),
+                    Ok(None) => anyhow::bail!("a long-held lock was already held"),
+                    Err(e) => {
+                        lock_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            let w = booking::run(&pool, BOOKING_CLIENTS, TICKETS, plan.booking_time).await;
+            let r = BookingResult {
+                locks_in: locks_in.to_owned(),
+                requested: k,
+                held: guards.len(),
+                tps: w.tps,
+                latency: w.latency,
+                errors: w.errors,
+                first_error: w.first_error,
+                lock_error,
+            };
+            println!(
+                "{:>4} {:<11} {:>5} {:>11.0} {:>10} {:>10} {:>7}  {}",
+                k,
+                locks_in,
+                r.held,
+                r.tps,
+                report::micros(r.latency.p50_us),
+                report::micros(r.latency.p99_us),
+                r.errors,
+                r.first_error
+                    .as_deref()
+                    .or(r.lock_error.as_deref())
+                    .unwrap_or("")
+            );
+            for guard in guards {
+                guard.release().await?;
+            }
+            pool.close().await;
+            results.booking.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// `try_acquire` with an owned name, for `join_all`.
+trait TryOwned {
+    fn try_acquire_owned_name(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<distlock::LockGuard>, distlock::LockError>>;
+}
+
+impl TryOwned for dyn DistributedLock + '_ {
+    async fn try_acquire_owned_name(
+        &self,
+        name: String,
+    ) -> Result<Option<distlock::LockGuard>, distlock::LockError> {
+        self.try_acquire(&name, Duration::from_secs(3600)).await
+    }
+}
+
+fn write_report(out: &std::path::Path, r: &Results) -> anyhow::Result<()> {
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(out.join("report.md"), report::markdown(r))?;
+
+    let mut series: Vec<report::Series> = Vec::new();
+    for c in &r.cycles {
+        let name = format!("{} {}", c.backend, c.implementation);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points)) => points.push((c.tasks as f64, c.ops_per_sec)),
+            None => series.push((name, vec![(c.tasks as f64, c.ops_per_sec)])),
+        }
+    }
+    report::log_log_chart(
+        &out.join("cycle_throughput.svg"),
+        "Lock cycles per second (acquire + release)",
+        "concurrent tasks",
+        "cycles / s",
+        &series,
+        SeriesLabelPosition::UpperLeft,
+    )?;
+
+    let mut series: Vec<report::Series> = Vec::new();
+    for backend in [REDIS, POSTGRES] {
+        for (what, pick) in [("p50", 0), ("p99", 1)] {
+            let points = r
+                .hand_offs
+                .iter()
+                .filter(|h| h.backend == backend)
+                .map(|h| {
+                    (
+                        h.waiters as f64,
+                        if pick == 0 {
+                            h.gap.p50_us
+                        } else {
+                            h.gap.p99_us
+                        },
+                    )
+                })
+                .filter(|p| p.1 > 0.0)
+                .collect();
+            series.push((format!("{backend} {what}"), points));
+        }
+    }
+    report::log_log_chart(
+        &out.join("hand_off.svg"),
+        "Hand-off: release → next waiter's acquire",
+        "waiters on one name",
+        "µs",
+        &series,
+        SeriesLabelPosition::UpperLeft,
+    )?;
+
+    let mut series: Vec<report::Series> = Vec::new();
+    for backend in [REDIS, POSTGRES] {
+        let mut points: Vec<(f64, f64)> = r
+            .holds
+            .iter()
+            .filter(|h| h.backend == backend && h.held > 0)
+            .map(|h| (h.held as f64, h.memory_bytes as f64 / 1024.0 / 1024.0))
+            .collect();
+        for c in r.capacity.iter().filter(|c| c.backend == backend) {
+            if let Some(b) = c.bytes_per_lock {
+                points.push((c.held as f64, b * c.held as f64 / 1024.0 / 1024.0));
+            }
+        }
+        points.retain(|p| p.1 > 0.0);
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if backend == POSTGRES {
+            let private = r
+                .holds
+                .iter()
+                .filter(|h| h.backend == backend && h.held > 0)
+                .filter_map(|h| Some((h.held as f64, h.private_bytes? as f64 / 1024.0 / 1024.0)))
+                .filter(|p| p.1 > 0.0)
+                .collect();
+            series.push(("PostgreSQL (backends' private memory)".to_owned(), private));
+        }
+        let label = if backend == POSTGRES {
+            "PostgreSQL (backends' RSS; ends at its limit)"
+        } else {
+            "Redis (used_memory)"
+        };
+        series.push((label.to_owned(), points));
+    }
+    report::log_log_chart(
+        &out.join("hold_cost.svg"),
+        "Server memory for K locks held at once",
+        "locks held",
+        "MiB",
+        &series,
+        SeriesLabelPosition::LowerRight,
+    )?;
+
+    let mut series: Vec<report::Series> = Vec::new();
+    for backend in [REDIS, POSTGRES] {
+        let points = r
+            .booking
+            .iter()
+            .filter(|b| b.locks_in == backend)
+            .map(|b| (b.requested as f64, b.tps))
+            .collect();
+        series.push((format!("K locks in {backend}"), points));
+    }
+    report::linear_chart(
+        &out.join("booking.svg"),
+        "Booking transactions/s on PostgreSQL while K locks are held",
+        "K long-held locks",
+        "bookings / s",
+        &series,
+        SeriesLabelPosition::LowerLeft,
+    )?;
+    Ok(())
+}
+
+fn pg_version() -> String {
+    let bin = std::env::var("DISTLOCK_PG_BIN")
+        .map(|b| format!("{b}/postgres"))
+        .unwrap_or_else(|_| "postgres".to_owned());
+    system::version_of(&bin)
+}
+
+/// The current UTC time, `YYYY-MM-DD HH:MM`.
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,161 @@
+//! Per-operation sampling: the lock-cycle runs (p50/p99 and throughput at a
+//! number of concurrent tasks) and the hand-off runs.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use distlock::DistributedLock;
+
+use crate::cyclers::Cycler;
+use crate::results::{CycleResult, HandOffResult, Latency};
+
+/// Percentile `p` (0..=1) of `samples`, which must be sorted.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// p50 / p99 / max of `samples` (sorts them).
+pub fn latency(samples: &mut [Duration]) -> Latency {
+    samples.sort_unstable();
+    Latency {
+        samples: samples.len(),
+        p50_us: percentile(samples, 0.50).as_secs_f64() * 1e6,
+        p99_us: percentile(samples, 0.99).as_secs_f64() * 1e6,
+        max_us: samples.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
+    }
+}
+
+/// `tasks` tasks run acquire + release on a name of their own, back to back,
+/// for `warm_up` (not recorded) and then `measure`; every cycle's latency is
+/// recorded, throughput is cycles completed in the measured window per second.
+pub async fn cycles(
+    cycler: Arc<dyn Cycler>,
+    tasks: usize,
+    warm_up: Duration,
+    measure: Duration,
+) -> anyhow::Result<CycleResult> {
+    let start = Instant::now() + warm_up;
+    let end = start + measure;
+    let workers: Vec<_> = (0..tasks)
+        .map(|task| {
+            let cycler = Arc::clone(&cycler);
+            tokio::spawn(async move {
+                let name = format!("cmp:cycle:{}:{task}", cycler.label());
+                let mut samples = Vec::with_capacity(4096);
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    cycler.cycle(&name).await?;
+                    let t1 = Instant::now();
+                    if t0 >= start && t1 <= end {
+                        samples.push(t1 - t0);
+                    }
+                }
+                anyhow::Ok(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await??);
+    }
+    let ops_per_sec = all.len() as f64 / measure.as_secs_f64();
+    Ok(CycleResult {
+        implementation: cycler.label().to_owned(),
+        backend: cycler.backend().to_owned(),
+        tasks,
+        ops_per_sec,
+        latency: latency(&mut all),
+    })
+}
+
+/// `locks.len()` waiters (each its own client, as separate processes would
+/// be) take turns on one name, each holding it `hold`, until `hand_offs`
+/// hand-offs happened. A hand-off is the time from one holder's `release`
+/// call to the moment another waiter's `acquire` returned.
+pub async fn hand_off(
+    backend: &str,
+    locks: Vec<Arc<dyn DistributedLock>>,
+    name: &str,
+    hold: Duration,
+    hand_offs: usize,
+) -> anyhow::Result<HandOffResult> {
+    let waiters = locks.len();
+    let released_at: Arc<Mutex<Option<(Instant, usize)>>> = Arc::new(Mutex::new(None));
+    let gaps = Arc::new(Mutex::new(Vec::with_capacity(hand_offs)));
+    let started = Instant::now();
+    let workers: Vec<_> = locks
+        .into_iter()
+        .enumerate()
+        .map(|(task, locks)| {
+            let name = name.to_owned();
+            let (released_at, gaps) = (Arc::clone(&released_at), Arc::clone(&gaps));
+            tokio::spawn(async move {
+                let mut longest = Duration::ZERO;
+                loop {
+                    if lock(&gaps).len() >= hand_offs {
+                        break;
+                    }
+                    let asked = Instant::now();
+                    let guard = locks
+                        .acquire(&name, Duration::from_secs(60), Duration::from_secs(60))
+                        .await?;
+                    let now = Instant::now();
+                    longest = longest.max(now - asked);
+                    if let Some((released, by)) = lock(&released_at).take()
+                        && by != task
+                    {
+                        lock(&gaps).push(now - released);
+                    }
+                    tokio::time::sleep(hold).await;
+                    *lock(&released_at) = Some((Instant::now(), task));
+                    guard.release().await?;
+                    tokio::task::yield_now().await;
+                }
+                anyhow::Ok(longest)
+            })
+        })
+        .collect();
+    let mut longest_wait = Duration::ZERO;
+    for worker in workers {
+        longest_wait = longest_wait.max(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    let mut gaps = std::mem::take(&mut *lock(&gaps));
+    Ok(HandOffResult {
+        backend: backend.to_owned(),
+        waiters,
+        hold_ms: hold.as_secs_f64() * 1e3,
+        hand_offs_per_sec: gaps.len() as f64 / elapsed.as_secs_f64(),
+        longest_wait_ms: longest_wait.as_secs_f64() * 1e3,
+        gap: latency(&mut gaps),
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
+        let l = latency(&mut samples);
+        assert_eq!(l.samples, 100);
+        assert_eq!(l.p50_us.round(), 51.0);
+        assert_eq!(l.p99_us.round(), 99.0);
+        assert_eq!(l.max_us.round(), 100.0);
+        assert_eq!(latency(&mut []).p99_us, 0.0);
+    }
+}

@@ -35,6 +35,13 @@
 //! # }
 //! ```
 //!
+//! Several servers: [`RedisServer::start_several`] starts independent
+//! servers concurrently (the nodes of a Redlock), and [`RedisCluster`] a Redis
+//! Cluster of masters formed by `redis-cli --cluster create`, ready when
+//! `start` returns, whose nodes are `RedisServer`s with the usual fault
+//! handles; [`RedisCluster::migrate_slot`] moves a slot so that clients get
+//! `MOVED`.
+//!
 //! Faults of the network rather than the server come from a [`LinkProxy`]:
 //! a TCP proxy on a loopback port of its own, forwarding to a server's
 //! address, that clients use instead of the server.
@@ -52,9 +59,10 @@
 //!
 //! # Environment
 //!
-//! - Binaries: `redis-server` from `PATH`; PostgreSQL from `$DISTLOCK_PG_BIN`
-//!   (a directory), else `postgres` and `initdb` side by side on `PATH`, else
-//!   the newest `/usr/lib/postgresql/*/bin`. A missing binary is an error that
+//! - Binaries: `redis-server` (and `redis-cli` for a cluster) from `PATH`;
+//!   PostgreSQL from `$DISTLOCK_PG_BIN` (a directory), else `postgres` and
+//!   `initdb` side by side on `PATH`, else the newest
+//!   `/usr/lib/postgresql/*/bin`. A missing binary is an error that
 //!   says what to install, never a skipped test.
 //! - `REDIS_URL` / `DATABASE_URL`: when set, [`redis_url`] / [`database_url`]
 //!   return them and start nothing.
@@ -74,6 +82,7 @@ mod pg_server;
 mod pg_template;
 mod pgbouncer;
 mod process;
+mod redis_cluster;
 mod redis_server;
 mod spawner;
 mod tls;
@@ -89,6 +98,7 @@ pub use link::{LinkProxy, LinkState};
 pub use pg_server::{PgOptions, PgServer};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
 pub use process::process_is_alive;
+pub use redis_cluster::{RedisCluster, RedisClusterOptions};
 pub use redis_server::{RedisOptions, RedisServer};
 pub use tls::TestCertificates;
 

@@ -1,4 +1,12 @@
-//! Redis backend for [distlock](https://docs.rs/distlock): [`RedisLock`].
+//! Redis backends for [distlock](https://docs.rs/distlock): [`RedisLock`]
+//! on one server or a Redis Cluster, and [`Redlock`] over several
+//! independent servers.
+//!
+//! | | [`RedisLock`], one server | [`RedisLock`], cluster | [`Redlock`], 3 or 5 servers |
+//! |---|---|---|---|
+//! | connect | `redis://host:port` | `redis+cluster://h1:p1,h2:p2/` or [`RedisLock::connect_cluster`] | `redis+redlock://h1:p1,h2:p2,h3:p3/` or [`Redlock::connect`] |
+//! | acquire | 1 round trip | 1 round trip, to the slot's master | 2 round trips, to every node at once |
+//! | survives | nothing (use AOF for restarts) | nothing without replicas; failover may lose a lock | any minority of nodes down |
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -64,6 +72,13 @@
 //!   marks the guard lost when the lock is found taken, or when the server
 //!   stays unreachable past the guard's validity.
 //!
+//! - **Redis Cluster**: the two keys of a name share a hash tag, so they
+//!   live in one slot and the acquire step is one script on that slot's
+//!   master (a cluster client follows `MOVED` and `ASK` for a command, not
+//!   inside a transaction). Wake-ups work across the cluster: a release
+//!   published on any node reaches the subscriber, which listens through
+//!   one seed node and moves to the next if that one fails.
+//!
 //! # Guarantees and their limits
 //!
 //! On one Redis server that keeps its data, at most one guard holds a name
@@ -75,23 +90,30 @@
 //! matters). A lock lives on the server clock; the guard's `valid_until`
 //! is a conservative bound on the local monotonic clock (ttl minus 1 % and
 //! 2 ms). Failover to a replica can lose the last writes, and with them a
-//! lock: Redis replication is asynchronous.
+//! lock: Redis replication is asynchronous. The same holds for each
+//! master of a cluster. For what [`Redlock`] guarantees, and where that
+//! breaks, see its docs.
 //!
 //! [`LockError::Lost`]: lock_api::LockError::Lost
 //! [`LockError::Connection`]: lock_api::LockError::Connection
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod connection;
 mod error;
 mod keys;
 mod listener;
 mod lock;
+mod node;
 mod options;
+mod redlock;
 mod scripts;
 mod url;
 
+pub use connection::RedisConnection;
 pub use lock::{REDIS_MAX_TTL, RedisLease, RedisLock};
 pub use options::{DEFAULT_PREFIX, RedisLockOptions};
+pub use redlock::{Redlock, RedlockLease};
 
 pub use lock_api;
 pub use redis;

@@ -11,27 +11,53 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::error::{classify, timed_out};
 
 /// Subscribes to `channel` and keeps a task listening on it, waking
-/// `hub`'s waiters by lock key. Returns once the subscription is confirmed,
-/// so every release published after `connect` returns is seen. The task
-/// stops when the returned guard is dropped.
+/// `hub`'s waiters by lock key. `clients` are the servers to subscribe
+/// through, tried in turn (a cluster's seed nodes: a message published on
+/// any node of a cluster reaches subscribers on every node); one is enough.
+///
+/// With `must_connect`, returns once a subscription is confirmed (so every
+/// release published after `connect` returns is seen), or the error of the
+/// last server tried. Without it, a failed first subscription is retried in
+/// the background (a Redlock node that is down at start). The task stops
+/// when the returned guard is dropped.
 pub(crate) async fn start(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     channel: String,
     hub: WakeHub,
     connect_timeout: Duration,
     target: String,
+    must_connect: bool,
 ) -> Result<DropGuard, LockError> {
-    let stream = subscribe(&client, &channel, connect_timeout, &target).await?;
+    let mut first = None;
+    let mut next = 0;
+    let mut last_error = None;
+    for (i, client) in clients.iter().enumerate() {
+        match subscribe(client, &channel, connect_timeout, &target).await {
+            Ok(stream) => {
+                first = Some(stream);
+                next = i;
+                break;
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    if first.is_none()
+        && must_connect
+        && let Some(err) = last_error
+    {
+        return Err(err);
+    }
     let stop = CancellationToken::new();
     let listener = Listener {
-        client,
+        clients,
+        next,
         channel,
         hub,
         connect_timeout,
         target,
         stop: stop.clone(),
     };
-    tokio::spawn(listener.run(stream));
+    tokio::spawn(listener.run(first));
     Ok(stop.drop_guard())
 }
 
@@ -54,7 +80,9 @@ async fn subscribe(
 }
 
 struct Listener {
-    client: redis::Client,
+    clients: Vec<redis::Client>,
+    /// The client subscribed through last (tried first on a resubscribe).
+    next: usize,
     channel: String,
     hub: WakeHub,
     connect_timeout: Duration,
@@ -63,8 +91,11 @@ struct Listener {
 }
 
 impl Listener {
-    async fn run(self, first: PubSubStream) {
-        let mut stream = Some(first);
+    async fn run(mut self, first: Option<PubSubStream>) {
+        if self.clients.is_empty() {
+            return;
+        }
+        let mut stream = first;
         let backoff = Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_secs(2),
@@ -96,7 +127,7 @@ impl Listener {
             }
             let resubscribed = tokio::select! {
                 () = self.stop.cancelled() => return,
-                result = subscribe(&self.client, &self.channel, self.connect_timeout, &self.target) => result,
+                result = subscribe(&self.clients[self.next], &self.channel, self.connect_timeout, &self.target) => result,
             };
             match resubscribed {
                 Ok(messages) => {
@@ -107,6 +138,7 @@ impl Listener {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
+                    self.next = (self.next + 1) % self.clients.len();
                     tracing::debug!(server = %self.target, error = %err, "cannot resubscribe for wake-ups yet");
                 }
             }

@@ -1,19 +1,19 @@
 //! [`RedisLock`]: the backend, and [`RedisLease`]: one granted lock.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, Wakeup};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::DropGuard;
 
-use crate::error::{classify, timed_out};
+use crate::connection::RedisConnection;
 use crate::keys::{fence_key, lock_key};
+use crate::node::{Node, Reconnect};
 use crate::options::RedisLockOptions;
-use crate::scripts::{EXTEND, MARK_WAITED, RELEASE};
+use crate::scripts::{ACQUIRE, EXTEND, MARK_WAITED, RELEASE};
+use crate::url::Topology;
 
 /// The largest TTL [`RedisLock`] accepts: ten years (Redis itself takes
 /// more, but a lock held that long is a bug).
@@ -34,9 +34,11 @@ pub struct RedisLock {
 }
 
 struct Inner {
-    conn: ConnectionManager,
-    /// The URL without its password, for `Debug` and errors.
-    target: String,
+    /// The server, or the cluster.
+    node: Node,
+    /// Whether `node` is a cluster (acquire is then a script: a cluster
+    /// client follows a `MOVED` for one command, not inside a transaction).
+    cluster: bool,
     options: RedisLockOptions,
     /// Where releases are published (also with wake-ups off here: other
     /// clients may be listening).
@@ -49,7 +51,7 @@ struct Inner {
 impl fmt::Debug for RedisLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLock")
-            .field("server", &self.inner.target)
+            .field("server", &self.inner.node.target)
             .field("prefix", &self.inner.options.prefix)
             .field("wake_on_release", &self.inner.options.wake_on_release)
             .finish_non_exhaustive()
@@ -57,20 +59,36 @@ impl fmt::Debug for RedisLock {
 }
 
 impl RedisLock {
-    /// Connects to the Redis server at `url`: `redis://[user[:password]@]host[:port][/db]`,
-    /// or `rediss://…` for TLS (with the `tls` feature).
+    /// Connects to the Redis server at `url`:
+    /// `redis://[user[:password]@]host[:port][/db]`, `rediss://…` for TLS
+    /// (with the `tls` feature), or a Redis Cluster as
+    /// `redis+cluster://[user[:password]@]host:port,host:port,…/` (or
+    /// `rediss+cluster://…`), listing some of its masters as seeds.
     ///
     /// Uses the default [`RedisLockOptions`]; use those to change the key
     /// prefix or the timeouts.
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidUrl`] for a URL that does not parse;
+    /// [`LockError::InvalidUrl`] for a URL that does not parse (or names a
+    /// Redlock: use [`Redlock::connect`](crate::Redlock::connect));
     /// [`LockError::Connection`] when the server cannot be reached within
     /// the connect timeout (3 s by default); [`LockError::Backend`] when it
     /// refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         Self::connect_with(url, RedisLockOptions::default()).await
+    }
+
+    /// Connects to a Redis Cluster through `seeds`: `redis://` URLs of some
+    /// of its masters (one that answers is enough; the client learns the
+    /// slot map from it and follows `MOVED` and `ASK` redirections).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect); [`LockError::InvalidConfig`] for an
+    /// empty seed list.
+    pub async fn connect_cluster<S: AsRef<str> + Sync>(seeds: &[S]) -> Result<Self, LockError> {
+        RedisLockOptions::default().connect_cluster(seeds).await
     }
 
     /// The options for [`RedisLockOptions::connect`].
@@ -83,30 +101,69 @@ impl RedisLock {
         options: RedisLockOptions,
     ) -> Result<Self, LockError> {
         options.validate()?;
-        let client = crate::url::client(url, options.tls_root_certificate.as_deref())?;
-        let target = crate::url::redact(url);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let connecting = ConnectionManager::new_with_config(client.clone(), config);
-        let conn = bounded("connect", &target, options.connect_timeout, connecting).await?;
-        let wake = WakeHub::new();
+        match crate::url::topology(url)? {
+            Topology::Single => {}
+            Topology::Cluster(seeds) => return Self::connect_cluster_with(&seeds, options).await,
+            Topology::Redlock(_) => {
+                return Err(LockError::InvalidUrl(format!(
+                    "{}: a redis+redlock:// URL names several independent servers; \
+                     connect to it with lock_redis::Redlock::connect",
+                    crate::url::redact(url)
+                )));
+            }
+        }
+        let (node, client) = Node::connect(url, &options, Reconnect::Retry).await?;
         // Pub/sub spans all databases of a server: name the database in the
         // channel so that locks in another one do not wake our waiters.
         let channel = match client.get_connection_info().redis_settings().db() {
             0 => format!("{}released", options.prefix),
             db => format!("{}released@{db}", options.prefix),
         };
+        Self::finish(node, false, vec![client], channel, options).await
+    }
+
+    pub(crate) async fn connect_cluster_with<S: AsRef<str> + Sync>(
+        seeds: &[S],
+        options: RedisLockOptions,
+    ) -> Result<Self, LockError> {
+        options.validate()?;
+        if seeds.is_empty() {
+            return Err(LockError::InvalidConfig(
+                "a Redis Cluster needs at least one seed node URL".into(),
+            ));
+        }
+        let seeds: Vec<String> = seeds.iter().map(|s| s.as_ref().to_owned()).collect();
+        for seed in &seeds {
+            if crate::url::topology(seed)? != Topology::Single {
+                return Err(LockError::InvalidUrl(format!(
+                    "{}: a seed is the redis:// URL of one cluster node",
+                    crate::url::redact(seed)
+                )));
+            }
+        }
+        let (node, clients) = Node::connect_cluster(&seeds, &options).await?;
+        // A cluster has database 0 only, and a message published on any of
+        // its nodes reaches subscribers on all of them.
+        let channel = format!("{}released", options.prefix);
+        Self::finish(node, true, clients, channel, options).await
+    }
+
+    async fn finish(
+        node: Node,
+        cluster: bool,
+        subscribe_through: Vec<redis::Client>,
+        channel: String,
+        options: RedisLockOptions,
+    ) -> Result<Self, LockError> {
+        let wake = WakeHub::new();
         let listener = if options.wake_on_release {
             let guard = crate::listener::start(
-                client,
+                subscribe_through,
                 channel.clone(),
                 wake.clone(),
                 options.connect_timeout,
-                target.clone(),
+                node.target.clone(),
+                true,
             )
             .await?;
             Some(guard)
@@ -115,8 +172,8 @@ impl RedisLock {
         };
         Ok(RedisLock {
             inner: Arc::new(Inner {
-                conn,
-                target,
+                node,
+                cluster,
                 options,
                 channel,
                 wake,
@@ -130,75 +187,50 @@ impl RedisLock {
         &self.inner.options.prefix
     }
 
+    /// Whether this lock talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
     /// The shared multiplexed connection, for commands of your own next to
     /// the locks (they pipeline with the lock traffic).
-    pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
-    }
-}
-
-impl Inner {
-    /// Runs one script invocation with the reconnect and reply bounded.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        op: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, LockError> {
-        let mut conn = self.conn.clone();
-        self.bounded(op, invocation.invoke_async(&mut conn)).await
-    }
-
-    /// Runs one pipeline (or transaction) with the reconnect and reply bounded.
-    async fn query<T: redis::FromRedisValue>(
-        &self,
-        op: &'static str,
-        pipeline: &redis::Pipeline,
-    ) -> Result<T, LockError> {
-        let mut conn = self.conn.clone();
-        self.bounded(op, pipeline.query_async(&mut conn)).await
-    }
-
-    /// A command may wait for a reconnect and then for its reply.
-    async fn bounded<T>(
-        &self,
-        op: &'static str,
-        future: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, LockError> {
-        let limit = self
-            .options
-            .connect_timeout
-            .saturating_add(self.options.response_timeout);
-        bounded(op, &self.target, limit, future).await
-    }
-}
-
-/// Awaits a driver future for at most `limit`, sorting its errors.
-async fn bounded<T>(
-    op: &'static str,
-    target: &str,
-    limit: Duration,
-    future: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, LockError> {
-    match tokio::time::timeout(limit, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(classify(op, target, err)),
-        Err(_) => Err(timed_out(op, target, limit)),
+    pub fn connection(&self) -> RedisConnection {
+        self.inner.node.conn.clone()
     }
 }
 
 /// Whole milliseconds, rounded up, so the server never holds a lock for
 /// less than its TTL. Fits: TTLs are at most [`REDIS_MAX_TTL`].
-fn millis_ceil(ttl: Duration) -> u64 {
+pub(crate) fn millis_ceil(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// A per-acquisition token: 128 random bits as 32 lowercase hex digits.
-type Token = [u8; 32];
+pub(crate) type Token = [u8; 32];
 
-fn new_token() -> Token {
+pub(crate) fn new_token() -> Token {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
     std::array::from_fn(|i| HEX[((bits >> (4 * (31 - i))) & 0xf) as usize])
+}
+
+impl RedisLock {
+    /// The acquire step as one script (on a cluster): `SET NX PX`, and
+    /// `INCR` of the counter when it succeeded.
+    async fn acquire_by_script(
+        &self,
+        lease: &RedisLease,
+        ttl: Duration,
+    ) -> Result<(bool, i64), LockError> {
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(&lease.key)
+            .key(fence_key(&lease.key))
+            .arg(&lease.token[..])
+            .arg(millis_ceil(ttl));
+        let fence: i64 = self.inner.node.run("acquire", &invocation).await?;
+        Ok((fence != 0, fence))
+    }
 }
 
 #[async_trait]
@@ -231,23 +263,28 @@ impl LockBackend for RedisLock {
             token: new_token(),
             state: State::MaybeHeld,
         };
-        // SET NX PX and INCR in one transaction: the counter moves with
-        // every attempt, but only a successful SET hands its value out, and
-        // the order of the values is the order of the grants.
-        let mut transaction = redis::pipe();
-        transaction
-            .atomic()
-            .cmd("SET")
-            .arg(&lease.key)
-            .arg(&lease.token[..])
-            .arg("NX")
-            .arg("PX")
-            .arg(millis_ceil(ttl))
-            .cmd("INCR")
-            .arg(fence_key(&lease.key));
-        let (granted, fence): (Option<String>, i64) =
-            self.inner.query("acquire", &transaction).await?;
-        if granted.is_some() {
+        let (granted, fence) = if self.inner.cluster {
+            self.acquire_by_script(&lease, ttl).await?
+        } else {
+            // SET NX PX and INCR in one transaction: the counter moves with
+            // every attempt, but only a successful SET hands its value out,
+            // and the order of the values is the order of the grants.
+            let mut transaction = redis::pipe();
+            transaction
+                .atomic()
+                .cmd("SET")
+                .arg(&lease.key)
+                .arg(&lease.token[..])
+                .arg("NX")
+                .arg("PX")
+                .arg(millis_ceil(ttl))
+                .cmd("INCR")
+                .arg(fence_key(&lease.key));
+            let (granted, fence): (Option<String>, i64) =
+                self.inner.node.query("acquire", &transaction).await?;
+            (granted.is_some(), fence)
+        };
+        if granted {
             let fencing_token = u64::try_from(fence).map_err(|_| {
                 LockError::backend(format!(
                     "fencing counter {} holds {fence}; it must be a positive integer",
@@ -264,7 +301,7 @@ impl LockBackend for RedisLock {
         // how long it has left.
         let mut invocation = MARK_WAITED.prepare_invoke();
         invocation.key(&lease.key);
-        let pttl: i64 = self.inner.run("mark", &invocation).await?;
+        let pttl: i64 = self.inner.node.run("mark", &invocation).await?;
         let retry_after = match pttl {
             // Released since the attempt: try again at once.
             -2 => Some(Duration::ZERO),
@@ -329,7 +366,7 @@ impl RedisLease {
             .key(&self.key)
             .arg(&self.token[..])
             .arg(&self.inner.channel);
-        let released: i64 = self.inner.run("release", &invocation).await?;
+        let released: i64 = self.inner.node.run("release", &invocation).await?;
         if released == 1 {
             self.state = State::Released;
             Ok(())
@@ -351,7 +388,7 @@ impl Lease for RedisLease {
             .key(&self.key)
             .arg(&self.token[..])
             .arg(millis_ceil(ttl));
-        let extended: i64 = self.inner.run("extend", &invocation).await?;
+        let extended: i64 = self.inner.node.run("extend", &invocation).await?;
         if extended == 1 {
             Ok(())
         } else {

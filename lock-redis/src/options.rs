@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lock_api::{Backoff, Drift, LockError};
 
-use crate::RedisLock;
+use crate::{RedisLock, Redlock};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "distlock:";
@@ -140,6 +140,44 @@ impl RedisLockOptions {
     /// the connect timeout (or refuses the credentials).
     pub async fn connect(self, url: &str) -> Result<RedisLock, LockError> {
         RedisLock::connect_with(url, self).await
+    }
+
+    /// Connects to a Redis Cluster through `seeds` (`redis://` URLs of some
+    /// of its masters) with these options. See
+    /// [`RedisLock::connect_cluster`].
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect); [`LockError::InvalidConfig`] for an
+    /// empty seed list.
+    pub async fn connect_cluster<S: AsRef<str> + Sync>(
+        self,
+        seeds: &[S],
+    ) -> Result<RedisLock, LockError> {
+        RedisLock::connect_cluster_with(seeds, self).await
+    }
+
+    /// Connects a [`Redlock`] over the independent servers at `urls` with
+    /// these options (the same for every node). See [`Redlock::connect`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Redlock::connect`].
+    pub async fn connect_redlock<S: AsRef<str> + Sync>(
+        self,
+        urls: &[S],
+    ) -> Result<Redlock, LockError> {
+        Redlock::connect_with(urls, self).await
+    }
+
+    /// Connects a [`Redlock`] over the servers of a `redis+redlock://` URL
+    /// with these options. See [`Redlock::connect_url`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Redlock::connect_url`].
+    pub async fn connect_redlock_url(self, url: &str) -> Result<Redlock, LockError> {
+        Redlock::connect_url_with(url, self).await
     }
 
     pub(crate) fn validate(&self) -> Result<(), LockError> {

@@ -1,5 +1,6 @@
 //! The Lua scripts for the steps that compare before they write (acquire
-//! is a `MULTI`/`EXEC` transaction of native commands, in `lock.rs`).
+//! on one server is a `MULTI`/`EXEC` transaction of native commands, in
+//! `lock.rs`), and the steps of a Redlock node.
 //!
 //! They run by `EVALSHA`; when the server's script cache is empty (after a
 //! restart or `SCRIPT FLUSH`) the driver loads the script and runs it again.
@@ -7,6 +8,24 @@
 use std::sync::LazyLock;
 
 use redis::Script;
+
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter; `ARGV[1]` token, `ARGV[2]`
+/// TTL in ms.
+///
+/// The acquire step on a Redis Cluster, where a redirected command is
+/// retried by the client but a redirected transaction is not: `SET NX PX`,
+/// then `INCR` of the counter if the lock was granted. Returns the new
+/// counter value, or 0 when the lock is held.
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+",
+    )
+});
 
 /// `KEYS[1]` lock.
 ///
@@ -60,6 +79,79 @@ if held == ARGV[1] or held == ARGV[1] .. '+' then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+",
+    )
+});
+
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node; `ARGV[1]`
+/// token, `ARGV[2]` TTL in ms.
+///
+/// A Redlock's first step on one node: `SET NX PX`; when granted, returns
+/// `{1, counter}` with the node's counter as it is (0 if it has none);
+/// when held, marks the lock as waited for (as [`MARK_WAITED`]) and
+/// returns `{0, remaining TTL in ms}`.
+pub(crate) static REDLOCK_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, -1) ~= '+' then
+  redis.call('APPEND', KEYS[1], '+')
+end
+return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node; `ARGV[1]`
+/// token, `ARGV[2]` the fencing token handed out.
+///
+/// A Redlock's second step: raises the node's counter to the token (never
+/// lowers it). Returns 1 when the lock still holds our token on this node,
+/// 0 when it is gone (expired between the steps).
+pub(crate) static REDLOCK_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[1] .. '+' then
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node; `ARGV[1]`
+/// token, `ARGV[2]` new TTL in ms, `ARGV[3]` our fencing token.
+///
+/// A Redlock's extend on one node: resets the TTL if the lock holds our
+/// token (returns 1); re-creates it if the key is gone — a node restarted
+/// without its data — and raises the node's counter to our token, so the
+/// quorum does not wear down (returns 2); returns 0 when someone else
+/// holds it.
+pub(crate) static REDLOCK_EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[1] .. '+' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if held then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 2
 ",
     )
 });

@@ -20,6 +20,7 @@ extern "C" fn at_exit() {
     // Unwinding out of an `extern "C"` function would abort the process.
     let _ = panic::catch_unwind(|| {
         crate::redis_server::shutdown_shared();
+        crate::redis_cluster::shutdown_shared();
         crate::pg_server::shutdown_shared();
     });
 }

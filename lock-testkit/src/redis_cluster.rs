@@ -8,10 +8,12 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{TestkitError, io_error};
+use crate::exit_cleanup;
 use crate::process::{self, PORT_ATTEMPTS, free_port};
 use crate::redis_server::{RedisOptions, RedisServer};
 
@@ -174,6 +176,18 @@ pub struct RedisCluster {
     ids: Vec<String>,
 }
 
+static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+
+/// Stops the shared cluster's nodes and removes their directories; called
+/// at process exit.
+pub(crate) fn shutdown_shared() {
+    if let Some(Ok(cluster)) = SHARED.get() {
+        for node in &cluster.nodes {
+            crate::redis_server::shutdown_static(node);
+        }
+    }
+}
+
 impl RedisCluster {
     /// Starts a cluster with the default [`RedisClusterOptions`] (3 masters).
     pub fn start() -> Result<Self, TestkitError> {
@@ -221,6 +235,22 @@ impl RedisCluster {
         let cluster = Self { nodes, ids };
         cluster.wait_ready(options.ready_timeout)?;
         Ok(cluster)
+    }
+
+    /// The 3-master cluster shared by every test in this process, started on
+    /// first use and stopped when the process exits. Tests on it must use
+    /// keys of their own; use a cluster of your own to kill or restart nodes.
+    pub fn shared() -> Result<&'static RedisCluster, TestkitError> {
+        SHARED
+            .get_or_init(|| {
+                exit_cleanup::register();
+                RedisCluster::start().map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|message| TestkitError::SharedUnavailable {
+                server: "redis cluster",
+                message: message.clone(),
+            })
     }
 
     /// The masters, in the order of [`seed_urls`](Self::seed_urls); an index

@@ -302,6 +302,12 @@ pub(crate) fn shutdown_shared() {
     let Some(Ok(server)) = SHARED.get() else {
         return;
     };
+    shutdown_static(server);
+}
+
+/// Kills a server that lives in a static (never dropped) and removes its
+/// directory, unless another thread is using its process handle.
+pub(crate) fn shutdown_static(server: &RedisServer) {
     let mut process = match server.process.try_lock() {
         Ok(guard) => guard,
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),

@@ -1,0 +1,888 @@
+//! [`Redlock`]: one lock over several independent Redis servers, granted by
+//! a majority of them; and [`RedlockLease`]: one such grant.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use lock_api::{Attempt, Backoff, Drift, Instant, Lease, LockBackend, LockError, WakeHub, Wakeup};
+use tokio_util::sync::DropGuard;
+
+use crate::keys::{fence_key, lock_key};
+use crate::lock::{REDIS_MAX_TTL, Token, millis_ceil, new_token};
+use crate::node::{Node, Reconnect};
+use crate::options::RedisLockOptions;
+use crate::scripts::{REDLOCK_ACQUIRE, REDLOCK_EXTEND, REDLOCK_FENCE, RELEASE};
+use crate::url::Topology;
+
+/// A lock held on a majority of N independent Redis servers (N odd: 3 or
+/// 5), after the Redlock algorithm, with a fencing token.
+///
+/// Use it when the lock must survive the loss of any minority of its
+/// servers: with 3 nodes one may crash, pause or be cut off, with 5 two,
+/// and locks are still granted, kept and released. A single
+/// [`RedisLock`](crate::RedisLock) is faster (one round trip per acquire
+/// instead of two, and one server to run) and, with AOF, as safe against a
+/// crash; Redlock buys availability.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lock_redis::Redlock;
+/// use lock_redis::lock_api::DistributedLock;
+///
+/// # async fn demo() -> Result<(), lock_redis::lock_api::LockError> {
+/// let locks = Redlock::connect(&[
+///     "redis://10.0.0.1:6379",
+///     "redis://10.0.0.2:6379",
+///     "redis://10.0.0.3:6379",
+/// ])
+/// .await?;
+/// let guard = locks.acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2)).await?;
+/// // … write with guard.fencing_token() …
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # How it works
+///
+/// - **Acquire** sends, to every node at once, a script that does
+///   `SET <lock> <token> NX PX <ttl>` and reads the node's fencing counter.
+///   As soon as a majority has granted, it takes the largest counter they
+///   returned, adds one — that is the fencing token — and raises the
+///   counter on the granting nodes to it (a second round trip, which a
+///   majority must confirm). The lock is ours if, after both steps, the
+///   validity left, `ttl − elapsed − drift` (drift = ttl × 1 % + 2 ms by
+///   default, [`RedisLockOptions::drift`]), is positive. Otherwise — held
+///   elsewhere, a split vote, too few nodes answering, too slow — it
+///   deletes its key wherever it may have been set, and lock-api's waiting
+///   loop tries again after a jittered backoff (or at once, woken by a
+///   release) until the deadline. Requests still in flight when the
+///   outcome is decided finish in the background.
+/// - **Extend** goes to every node: where the key holds our token its TTL
+///   is reset; where the key is gone — a node restarted without its data —
+///   it is created again and the node's counter raised to our token, so a
+///   quorum worn down by restarts is repaired; it succeeds when a majority
+///   agrees within the validity. Extending a lease past its validity is
+///   refused ([`LockError::Lost`]) without asking the nodes, so an expired
+///   lease is never silently revived.
+/// - **Release** goes to every node (compare-token delete) and succeeds
+///   once a majority has deleted our key.
+/// - **Errors**: when too few nodes answer for a majority to be possible,
+///   the attempt fails with [`LockError::Connection`] naming each node's
+///   error; lock-api retries such attempts until the deadline and then
+///   returns that error, so a majority down is reported as such, in
+///   bounded time, not as a timeout.
+/// - **Wake-ups**: a release that finds the lock waited for publishes on
+///   each node, and a subscriber per node wakes the waiters of this
+///   process.
+/// - **Keys** are those of [`RedisLock`](crate::RedisLock) (same prefix and
+///   encoding), on every node.
+///
+/// # The fencing token, and what it guarantees
+///
+/// Each node keeps a counter per name that only the holder of a majority
+/// moves, to `1 + the largest counter of that majority`, before the lock is
+/// reported held. Any two majorities share a node, and on that node the
+/// later holder's `SET` can only succeed after the earlier holder's key is
+/// gone — which is after the earlier holder raised the counter there. So
+/// the later holder reads a counter at least as large as the earlier token,
+/// and its own token is larger: **tokens strictly increase across
+/// successive holders**, given two conditions:
+///
+/// - **No node forgets**: a node restarted without persistence loses its
+///   keys and counters. If it was the only node shared by two majorities, a
+///   lock can be granted twice and a token can repeat or go down. Run the
+///   nodes with AOF (`appendfsync always`), or keep a crashed node down for
+///   longer than the largest TTL in use before it rejoins (the Redlock
+///   author's "delayed restart").
+/// - **Clocks behave**: keys expire on each node's clock and validity is
+///   judged on ours; a node whose clock jumps forward, or a client paused
+///   longer than the drift allowance (GC, VM steal), can see two holders
+///   overlap in real time. The fencing token is what protects the data
+///   then: storage that refuses a token lower than the last one it
+///   accepted keeps the protected write single, as with any lock.
+///
+/// Tokens are not comparable with those of a [`RedisLock`](crate::RedisLock)
+/// on one of the same servers; use one kind of lock per name.
+#[derive(Clone)]
+pub struct Redlock {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<Member>,
+    /// How many nodes make a majority.
+    quorum: usize,
+    options: RedisLockOptions,
+    wake: WakeHub,
+    /// Stop the subscriber tasks when the last clone goes away.
+    _listeners: Vec<DropGuard>,
+}
+
+/// One node: its connection and where its releases are published.
+struct Member {
+    node: Node,
+    channel: String,
+}
+
+impl fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redlock")
+            .field(
+                "nodes",
+                &self
+                    .inner
+                    .nodes
+                    .iter()
+                    .map(|member| member.node.target.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("quorum", &self.inner.quorum)
+            .field("prefix", &self.inner.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redlock {
+    /// Connects to the independent Redis servers at `urls` (`redis://` or
+    /// `rediss://`, one per server; an odd number, 3 or 5) with the default
+    /// [`RedisLockOptions`].
+    ///
+    /// A majority must be reachable now; nodes that are not are connected
+    /// to in the background and join when they come up.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidConfig`] for an even number of nodes, fewer than
+    /// 3, or one server listed twice; [`LockError::InvalidUrl`] for a URL
+    /// that does not parse; [`LockError::Connection`] when fewer than a
+    /// majority can be reached within the connect timeout.
+    pub async fn connect<S: AsRef<str> + Sync>(urls: &[S]) -> Result<Self, LockError> {
+        RedisLockOptions::default().connect_redlock(urls).await
+    }
+
+    /// Connects to the servers of a `redis+redlock://` URL:
+    /// `redis+redlock://[user[:password]@]host:port,host:port,host:port[/db]`
+    /// (or `rediss+redlock://…`), the same credentials and database on
+    /// every node.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect); [`LockError::InvalidUrl`] for a URL
+    /// of another kind.
+    pub async fn connect_url(url: &str) -> Result<Self, LockError> {
+        RedisLockOptions::default().connect_redlock_url(url).await
+    }
+
+    pub(crate) async fn connect_url_with(
+        url: &str,
+        options: RedisLockOptions,
+    ) -> Result<Self, LockError> {
+        match crate::url::topology(url)? {
+            Topology::Redlock(urls) => Self::connect_with(&urls, options).await,
+            _ => Err(LockError::InvalidUrl(format!(
+                "{}: expected redis+redlock://host:port,host:port,host:port/",
+                crate::url::redact(url)
+            ))),
+        }
+    }
+
+    pub(crate) async fn connect_with<S: AsRef<str> + Sync>(
+        urls: &[S],
+        options: RedisLockOptions,
+    ) -> Result<Self, LockError> {
+        options.validate()?;
+        let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
+        check_node_count(urls.len())?;
+        let mut seen = Vec::with_capacity(urls.len());
+        for url in &urls {
+            if crate::url::topology(url)? != Topology::Single {
+                return Err(LockError::InvalidUrl(format!(
+                    "{}: a Redlock node is the redis:// URL of one server",
+                    crate::url::redact(url)
+                )));
+            }
+            let client = crate::url::client(url, options.tls_root_certificate.as_deref())?;
+            let addr = client.get_connection_info().addr().to_string();
+            if seen.contains(&addr) {
+                return Err(LockError::InvalidConfig(format!(
+                    "the Redlock nodes list {addr} twice; each node must be a separate \
+                     server, or one server would vote twice"
+                )));
+            }
+            seen.push(addr);
+        }
+        let quorum = urls.len() / 2 + 1;
+        let connected = futures::future::join_all(
+            urls.iter()
+                .map(|url| Node::connect(url, &options, Reconnect::Once)),
+        )
+        .await;
+        let mut nodes = Vec::with_capacity(urls.len());
+        let mut down = Vec::new();
+        for (url, connected) in urls.iter().zip(connected) {
+            match connected {
+                Ok((node, client)) => nodes.push((node, client, true)),
+                Err(err @ LockError::Connection(_)) => {
+                    down.push(err.to_string());
+                    let (node, client) = Node::lazy(url, &options, Reconnect::Once)?;
+                    nodes.push((node, client, false));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if urls.len() - down.len() < quorum {
+            return Err(LockError::connection(QuorumFailure {
+                op: "connect",
+                total: urls.len(),
+                quorum,
+                errors: down,
+            }));
+        }
+        let wake = WakeHub::new();
+        let mut members = Vec::with_capacity(nodes.len());
+        let mut listeners = Vec::new();
+        for (node, client, up) in nodes {
+            let channel = match client.get_connection_info().redis_settings().db() {
+                0 => format!("{}released", options.prefix),
+                db => format!("{}released@{db}", options.prefix),
+            };
+            if options.wake_on_release {
+                listeners.push(
+                    crate::listener::start(
+                        vec![client],
+                        channel.clone(),
+                        wake.clone(),
+                        options.connect_timeout,
+                        node.target.clone(),
+                        up,
+                    )
+                    .await?,
+                );
+            }
+            members.push(Member { node, channel });
+        }
+        Ok(Redlock {
+            inner: Arc::new(Inner {
+                nodes: members,
+                quorum,
+                options,
+                wake,
+                _listeners: listeners,
+            }),
+        })
+    }
+
+    /// How many nodes this lock spans.
+    pub fn node_count(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// How many nodes must agree: a majority, `node_count / 2 + 1`.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// The key prefix this lock uses.
+    pub fn prefix(&self) -> &str {
+        &self.inner.options.prefix
+    }
+}
+
+fn check_node_count(count: usize) -> Result<(), LockError> {
+    match count {
+        0 => Err(LockError::InvalidConfig(
+            "a Redlock needs the URLs of 3 or 5 independent Redis servers; none were given".into(),
+        )),
+        1 => Err(LockError::InvalidConfig(
+            "a Redlock of one node is a single server: use RedisLock, or give 3 or 5 nodes".into(),
+        )),
+        n if n % 2 == 0 => Err(LockError::InvalidConfig(format!(
+            "a Redlock needs an odd number of nodes (3 or 5), got {n}: a majority of {n} \
+             is {}, so {n} nodes tolerate no more failures than {}",
+            n / 2 + 1,
+            n - 1
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Too few nodes answered for a majority to be possible.
+#[derive(Debug)]
+struct QuorumFailure {
+    op: &'static str,
+    total: usize,
+    quorum: usize,
+    /// Each failed node's error (it names the node).
+    errors: Vec<String>,
+}
+
+impl fmt::Display for QuorumFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "redlock {}: {} of {} nodes failed, and {} must agree",
+            self.op,
+            self.errors.len(),
+            self.total,
+            self.quorum
+        )?;
+        for error in &self.errors {
+            write!(f, "; {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for QuorumFailure {}
+
+/// One node's part in a step, as its future: owned, so that requests still
+/// running when the step is decided can finish in the background.
+type NodeCall<T> = BoxFuture<'static, (usize, Result<T, LockError>)>;
+
+/// Runs `calls` at once and hands each answer to `tally` as it arrives,
+/// until `tally` says the step is decided (returns `true`) or all have
+/// answered. Unanswered calls are left to finish in a background task, so
+/// a request already sent is not cut off mid-way.
+async fn gather<T: Send + 'static>(
+    calls: Vec<NodeCall<T>>,
+    mut tally: impl FnMut(usize, Result<T, LockError>) -> bool,
+) {
+    let mut pending: FuturesUnordered<NodeCall<T>> = calls.into_iter().collect();
+    while let Some((i, answer)) = pending.next().await {
+        if tally(i, answer) {
+            break;
+        }
+    }
+    if !pending.is_empty()
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(async move { while pending.next().await.is_some() {} });
+    }
+}
+
+/// One script call on one node, as a [`NodeCall`].
+fn call<T: redis::FromRedisValue + Send + 'static>(
+    i: usize,
+    node: Node,
+    op: &'static str,
+    script: &'static redis::Script,
+    keys: [String; 2],
+    args: Vec<Vec<u8>>,
+) -> NodeCall<T> {
+    Box::pin(async move {
+        let mut invocation = script.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        for arg in &args {
+            invocation.arg(&arg[..]);
+        }
+        (i, node.run(op, &invocation).await)
+    })
+}
+
+/// What a node said to the first step.
+enum Vote {
+    /// Granted; its counter.
+    Granted(u64),
+    /// Held by someone else for this long (ms; negative if gone since).
+    Held(i64),
+}
+
+#[async_trait]
+impl LockBackend for Redlock {
+    type Lease = RedlockLease;
+
+    fn kind(&self) -> &'static str {
+        "redlock"
+    }
+
+    fn max_ttl(&self) -> Duration {
+        REDIS_MAX_TTL
+    }
+
+    fn drift(&self) -> Drift {
+        self.inner.options.drift
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.inner.options.backoff
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Attempt<RedlockLease>, LockError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let total = inner.nodes.len();
+        // Built before any request: if this future is dropped, dropping the
+        // lease deletes our key wherever it may have been set.
+        let mut lease = RedlockLease {
+            inner: inner.clone(),
+            key: lock_key(&inner.options.prefix, name),
+            token: new_token(),
+            fencing_token: 0,
+            valid_until: started,
+            state: State::MaybeHeld,
+            on: vec![OnNode::Maybe; total],
+        };
+        let keys = [lease.key.clone(), fence_key(&lease.key)];
+
+        // Step 1: SET NX PX on every node; decided once a majority granted,
+        // or once a majority can no longer grant.
+        let calls = inner
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, member)| {
+                let args = vec![
+                    lease.token.to_vec(),
+                    millis_ceil(ttl).to_string().into_bytes(),
+                ];
+                call::<(i64, i64)>(
+                    i,
+                    member.node.clone(),
+                    "acquire",
+                    &REDLOCK_ACQUIRE,
+                    keys.clone(),
+                    args,
+                )
+            })
+            .collect();
+        let mut granted: Vec<(usize, u64)> = Vec::new();
+        let mut held: Vec<i64> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        gather(calls, |i, answer| {
+            match answer.and_then(|(ok, value)| vote(ok, value)) {
+                Ok(Vote::Granted(counter)) => granted.push((i, counter)),
+                Ok(Vote::Held(pttl)) => {
+                    lease.on[i] = OnNode::Absent;
+                    held.push(pttl);
+                }
+                Err(err) => errors.push(err.to_string()),
+            }
+            granted.len() >= inner.quorum || held.len() + errors.len() > total - inner.quorum
+        })
+        .await;
+
+        if granted.len() < inner.quorum {
+            lease.give_back_granted(&granted).await;
+            if held.is_empty() && errors.len() > total - inner.quorum {
+                return Err(LockError::connection(QuorumFailure {
+                    op: "acquire",
+                    total,
+                    quorum: inner.quorum,
+                    errors,
+                }));
+            }
+            // Held somewhere (or a split vote): wait no longer than the
+            // shortest remaining hold.
+            let retry_after = held
+                .iter()
+                .map(|&pttl| Duration::from_millis(u64::try_from(pttl).unwrap_or(0)))
+                .min();
+            return Ok(Attempt::Held { retry_after });
+        }
+
+        // Step 2: the token is one more than the largest counter of the
+        // majority; raise their counters to it before reporting the lock
+        // held (see "The fencing token" in the type's docs).
+        let fencing_token = granted
+            .iter()
+            .map(|&(_, counter)| counter)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let calls = granted
+            .iter()
+            .map(|&(i, _)| {
+                let args = vec![lease.token.to_vec(), fencing_token.to_string().into_bytes()];
+                call::<i64>(
+                    i,
+                    inner.nodes[i].node.clone(),
+                    "fence",
+                    &REDLOCK_FENCE,
+                    keys.clone(),
+                    args,
+                )
+            })
+            .collect();
+        // A TTL within the drift allowance (a few ms) can never leave a
+        // positive validity, and its keys may expire between the two steps:
+        // it is granted when a majority answered, with a guard born expired,
+        // as on a single server.
+        let trusted = inner.options.drift.trusted(ttl);
+        let tiny = trusted.is_zero();
+        let mut confirmed = 0;
+        let mut expired = 0;
+        let candidates = granted.len();
+        let mut fence_errors = Vec::new();
+        let enough = |confirmed: usize, expired: usize| {
+            confirmed >= inner.quorum || (tiny && confirmed + expired >= inner.quorum)
+        };
+        gather(calls, |_, answer| {
+            match answer {
+                Ok(1) => confirmed += 1,
+                Ok(_) => expired += 1,
+                Err(err) => fence_errors.push(err.to_string()),
+            }
+            let failed = if tiny { 0 } else { expired };
+            enough(confirmed, expired) || failed + fence_errors.len() > candidates - inner.quorum
+        })
+        .await;
+        if !enough(confirmed, expired) {
+            lease.give_back_granted(&granted).await;
+            if expired == 0 {
+                return Err(LockError::connection(QuorumFailure {
+                    op: "acquire (fencing step)",
+                    total,
+                    quorum: inner.quorum,
+                    errors: fence_errors,
+                }));
+            }
+            // Our keys expired between the two steps: too slow for the TTL.
+            return Ok(Attempt::Held { retry_after: None });
+        }
+        if !tiny && started.elapsed() >= trusted {
+            tracing::debug!(
+                lock.key = %lease.key,
+                elapsed = ?started.elapsed(),
+                ?ttl,
+                "redlock: the nodes answered too late for the TTL; trying again"
+            );
+            lease.give_back_granted(&granted).await;
+            return Ok(Attempt::Held { retry_after: None });
+        }
+        lease.fencing_token = fencing_token;
+        lease.valid_until = started + trusted;
+        Ok(Attempt::Acquired {
+            lease,
+            fencing_token,
+        })
+    }
+
+    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
+        self.inner.options.wake_on_release.then(|| {
+            let key = lock_key(&self.inner.options.prefix, name);
+            self.inner.wake.subscribe(&key)
+        })
+    }
+}
+
+/// Reads a node's answer to the first step.
+fn vote(granted: i64, value: i64) -> Result<Vote, LockError> {
+    if granted == 1 {
+        let counter = u64::try_from(value).map_err(|_| {
+            LockError::backend(format!(
+                "a Redlock node's fencing counter holds {value}; it must be a positive integer"
+            ))
+        })?;
+        Ok(Vote::Granted(counter))
+    } else {
+        Ok(Vote::Held(value))
+    }
+}
+
+/// Whether the nodes may still hold our token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Granted, or possibly granted somewhere: release it.
+    MaybeHeld,
+    /// Released by us on a majority.
+    Released,
+    /// Known not to be ours.
+    NotHeld,
+}
+
+/// One lock granted by [`Redlock`]: its key, token and fencing token, and
+/// which nodes may hold it.
+///
+/// Guards own it. Dropped while possibly held, it deletes its key on every
+/// node in the background (on the current Tokio runtime, if any);
+/// otherwise the TTL frees the lock.
+pub struct RedlockLease {
+    inner: Arc<Inner>,
+    key: String,
+    token: Token,
+    fencing_token: u64,
+    /// The end of the validity this lease last established.
+    valid_until: Instant,
+    state: State,
+    /// Per node: whether our key may be there.
+    on: Vec<OnNode>,
+}
+
+/// Whether our key may be on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnNode {
+    /// Set, or possibly set (no answer seen).
+    Maybe,
+    /// Deleted by our release.
+    Released,
+    /// Not there: the node holds another token, or none.
+    Absent,
+}
+
+impl fmt::Debug for RedlockLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedlockLease")
+            .field("key", &self.key)
+            .field("fencing_token", &self.fencing_token)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedlockLease {
+    fn keys(&self) -> [String; 2] {
+        [self.key.clone(), fence_key(&self.key)]
+    }
+
+    /// Calls that delete our key from nodes `which`, publishing the release
+    /// where it was waited for.
+    fn release_calls(&self, which: impl Iterator<Item = usize>) -> Vec<NodeCall<i64>> {
+        which
+            .map(|i| {
+                let member = &self.inner.nodes[i];
+                let args = vec![self.token.to_vec(), member.channel.clone().into_bytes()];
+                call::<i64>(
+                    i,
+                    member.node.clone(),
+                    "release",
+                    &RELEASE,
+                    self.keys(),
+                    args,
+                )
+            })
+            .collect()
+    }
+
+    /// The nodes where our key may be.
+    fn maybe_on(&self) -> Vec<usize> {
+        (0..self.on.len())
+            .filter(|&i| self.on[i] == OnNode::Maybe)
+            .collect()
+    }
+
+    /// After a failed attempt: deletes our key from the nodes that granted
+    /// it (they answer quickly); nodes that did not answer may have granted
+    /// late, so the drop deletes our key there in the background.
+    async fn give_back_granted(&mut self, granted: &[(usize, u64)]) {
+        let calls = self.release_calls(granted.iter().map(|&(i, _)| i));
+        let on = &mut self.on;
+        gather(calls, |i, answer| {
+            if answer.is_ok() {
+                on[i] = OnNode::Absent;
+            }
+            false
+        })
+        .await;
+        if self.maybe_on().is_empty() {
+            self.state = State::NotHeld;
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for RedlockLease {
+    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        if self.state != State::MaybeHeld {
+            return Err(LockError::Lost);
+        }
+        let started = Instant::now();
+        if started >= self.valid_until {
+            // Past its validity another client may have held the lock in
+            // between: reviving it now would hide that.
+            self.state = State::NotHeld;
+            self.spawn_release();
+            return Err(LockError::Lost);
+        }
+        let inner = self.inner.clone();
+        let total = inner.nodes.len();
+        let keys = self.keys();
+        let calls = inner
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, member)| {
+                let args = vec![
+                    self.token.to_vec(),
+                    millis_ceil(ttl).to_string().into_bytes(),
+                    self.fencing_token.to_string().into_bytes(),
+                ];
+                call::<i64>(
+                    i,
+                    member.node.clone(),
+                    "extend",
+                    &REDLOCK_EXTEND,
+                    keys.clone(),
+                    args,
+                )
+            })
+            .collect();
+        let mut kept = 0;
+        let mut taken = 0;
+        let mut errors = Vec::new();
+        let on = &mut self.on;
+        gather(calls, |i, answer| {
+            match answer {
+                Ok(1 | 2) => {
+                    on[i] = OnNode::Maybe;
+                    kept += 1;
+                }
+                Ok(_) => {
+                    on[i] = OnNode::Absent;
+                    taken += 1;
+                }
+                Err(err) => errors.push(err.to_string()),
+            }
+            kept >= inner.quorum || taken + errors.len() > total - inner.quorum
+        })
+        .await;
+        if kept >= inner.quorum {
+            let trusted = inner.options.drift.trusted(ttl);
+            if started.elapsed() < trusted {
+                self.valid_until = started + trusted;
+                return Ok(());
+            }
+            return Err(LockError::connection(QuorumFailure {
+                op: "extend",
+                total,
+                quorum: inner.quorum,
+                errors: vec![format!(
+                    "the nodes answered after the new TTL of {ttl:?} had run out"
+                )],
+            }));
+        }
+        if taken > total - inner.quorum {
+            self.state = State::NotHeld;
+            self.spawn_release();
+            return Err(LockError::Lost);
+        }
+        Err(LockError::connection(QuorumFailure {
+            op: "extend",
+            total,
+            quorum: inner.quorum,
+            errors,
+        }))
+    }
+
+    async fn release(&mut self) -> Result<(), LockError> {
+        match self.state {
+            State::Released => return Ok(()),
+            State::NotHeld => return Err(LockError::Lost),
+            State::MaybeHeld => {}
+        }
+        let inner = self.inner.clone();
+        let total = inner.nodes.len();
+        // Nodes that deleted our key in an earlier, interrupted call count.
+        let calls = self.release_calls(self.maybe_on().into_iter());
+        let mut errors = Vec::new();
+        let on = &mut self.on;
+        gather(calls, |i, answer| {
+            match answer {
+                Ok(1) => on[i] = OnNode::Released,
+                Ok(_) => on[i] = OnNode::Absent,
+                Err(err) => errors.push(err.to_string()),
+            }
+            false
+        })
+        .await;
+        let released = self.on.iter().filter(|&&on| on == OnNode::Released).count();
+        if released >= inner.quorum {
+            self.state = State::Released;
+            return Ok(());
+        }
+        if !errors.is_empty() && released + errors.len() >= inner.quorum {
+            return Err(LockError::connection(QuorumFailure {
+                op: "release",
+                total,
+                quorum: inner.quorum,
+                errors,
+            }));
+        }
+        self.state = State::NotHeld;
+        Err(LockError::Lost)
+    }
+}
+
+impl RedlockLease {
+    /// Deletes our key, wherever it may be, in the background.
+    fn spawn_release(&mut self) {
+        let which = self.maybe_on();
+        if which.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the TTL frees the lock.
+        };
+        let calls = self.release_calls(which.iter().copied());
+        for &i in &which {
+            self.on[i] = OnNode::Absent;
+        }
+        let key = self.key.clone();
+        runtime.spawn(async move {
+            let mut pending: FuturesUnordered<NodeCall<i64>> = calls.into_iter().collect();
+            while let Some((_, answer)) = pending.next().await {
+                if let Err(err) = answer {
+                    tracing::debug!(lock.key = %key, error = %err, "background redlock release failed on a node; its TTL will free it");
+                }
+            }
+        });
+    }
+}
+
+impl Drop for RedlockLease {
+    fn drop(&mut self) {
+        if self.state == State::MaybeHeld {
+            self.spawn_release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_counts_must_be_odd_and_at_least_three() {
+        for bad in [0, 1, 2, 4, 6] {
+            let err = check_node_count(bad).expect_err("refused");
+            assert!(matches!(err, LockError::InvalidConfig(_)), "{bad}: {err:?}");
+        }
+        for good in [3, 5, 7] {
+            check_node_count(good).expect("accepted");
+        }
+        let err = check_node_count(4).expect_err("even");
+        assert!(err.to_string().contains("odd number"), "{err}");
+    }
+
+    #[test]
+    fn a_quorum_failure_names_every_failed_node() {
+        let failure = QuorumFailure {
+            op: "acquire",
+            total: 3,
+            quorum: 2,
+            errors: vec![
+                "acquire on redis://a:1/: refused".into(),
+                "acquire on redis://b:2/: refused".into(),
+            ],
+        };
+        let text = failure.to_string();
+        assert!(
+            text.contains("2 of 3 nodes failed, and 2 must agree"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis://a:1/") && text.contains("redis://b:2/"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! Redlock over 3 and 5 real, independent redis-servers: the lock-api
+//! conformance suite, and what a quorum must survive — a minority down, a
+//! majority down, a node restarted empty — plus the input it refuses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_api::conformance::Fixture;
+use lock_api::{DistributedLock, LockError};
+use lock_redis::{RedisLock, Redlock};
+use lock_testkit::RedisServer;
+
+/// `n` independent throwaway servers.
+fn servers(n: usize) -> Vec<RedisServer> {
+    RedisServer::start_several(n).expect("redis-servers")
+}
+
+fn urls(servers: &[RedisServer]) -> Vec<String> {
+    servers.iter().map(RedisServer::url).collect()
+}
+
+async fn fixture(n: usize) -> Fixture {
+    let nodes = servers(n);
+    let lock = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    let other = Redlock::connect(&urls(&nodes))
+        .await
+        .expect("connect a second client");
+    Fixture::new(Arc::new(lock), Arc::new(other)).keep_alive(nodes)
+}
+
+mod three_nodes {
+    lock_api::conformance_tests!(|| super::fixture(3));
+}
+
+mod five_nodes {
+    lock_api::conformance_tests!(|| super::fixture(5));
+}
+
+const TTL: Duration = Duration::from_secs(5);
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// What `key` holds on one server, read directly.
+async fn get(server: &RedisServer, key: &str) -> Option<String> {
+    let locks = RedisLock::connect(&server.url()).await.expect("connect");
+    let mut conn = locks.connection();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_down_does_not_stop_acquire_extend_or_release() {
+    let mut nodes = servers(3);
+    let locks = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    nodes[2].kill().expect("kill one node");
+    tokio::time::timeout(LIMIT, async {
+        let mut guard = locks
+            .acquire("minority", TTL, Duration::from_secs(5))
+            .await
+            .expect("acquired with 2 of 3 nodes");
+        assert!(
+            locks
+                .try_acquire("minority", TTL)
+                .await
+                .expect("try")
+                .is_none(),
+            "held"
+        );
+        guard.extend(TTL).await.expect("extended with 2 of 3 nodes");
+        let first = guard.fencing_token();
+        guard.release().await.expect("released with 2 of 3 nodes");
+        let again = locks
+            .try_acquire("minority", TTL)
+            .await
+            .expect("try")
+            .expect("free after release");
+        assert!(again.fencing_token() > first, "tokens rise");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_down_is_a_clear_connection_error_within_the_wait() {
+    let mut nodes = servers(3);
+    let locks = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    nodes[0].kill().expect("kill");
+    nodes[1].kill().expect("kill");
+    let wait = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(LIMIT, locks.acquire("majority", TTL, wait))
+        .await
+        .expect("bounded")
+        .expect_err("no majority");
+    let took = started.elapsed();
+    assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("2 of 3 nodes failed, and 2 must agree"),
+        "{text}"
+    );
+    for node in &nodes[..2] {
+        assert!(
+            text.contains(&node.port().to_string()),
+            "names node {}: {text}",
+            node.port()
+        );
+    }
+    assert!(took >= wait, "kept trying until the deadline: {took:?}");
+    assert!(
+        took < wait + Duration::from_secs(5),
+        "answered soon after the deadline: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_repairs_a_node_restarted_empty() {
+    let mut nodes = servers(3);
+    let locks = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    let mut guard =
+        tokio::time::timeout(LIMIT, locks.acquire("repair", TTL, Duration::from_secs(5)))
+            .await
+            .expect("bounded")
+            .expect("acquired");
+    let key = "distlock:{repair}";
+    let token = get(&nodes[0], key).await.expect("our key on node 0");
+    nodes[0].kill().expect("kill");
+    nodes[0].restart().expect("restart without data");
+    assert_eq!(get(&nodes[0], key).await, None, "restarted empty");
+    tokio::time::timeout(LIMIT, async {
+        // The node's connection may need a moment to notice the restart.
+        loop {
+            guard.extend(TTL).await.expect("extended");
+            if get(&nodes[0], key).await.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("repaired within the limit");
+    assert_eq!(
+        get(&nodes[0], key).await.as_deref(),
+        Some(token.as_str()),
+        "same token"
+    );
+    let counter: Option<String> = get(&nodes[0], "distlock:{repair}:fence").await;
+    assert_eq!(
+        counter.as_deref(),
+        Some(guard.fencing_token().to_string().as_str()),
+        "the node's counter is raised to our token"
+    );
+    // Two nodes down now: the repaired node and one other still make a majority.
+    nodes[1].kill().expect("kill");
+    guard
+        .extend(TTL)
+        .await
+        .expect("extended with the repaired node");
+    guard.release().await.expect("released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_needs_a_majority_and_lets_a_minority_join_later() {
+    let mut nodes = servers(3);
+    nodes[2].kill().expect("kill");
+    let locks = Redlock::connect(&urls(&nodes))
+        .await
+        .expect("2 of 3 are enough");
+    let guard = locks
+        .try_acquire("late", TTL)
+        .await
+        .expect("try")
+        .expect("acquired");
+    guard.release().await.expect("released");
+    nodes[2].restart().expect("restart");
+    nodes[1].kill().expect("kill");
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            match locks.try_acquire("late", TTL).await {
+                Ok(Some(guard)) => break guard.release().await.expect("released"),
+                Ok(None) => panic!("nobody holds it"),
+                // The late node's connection is made on first use.
+                Err(LockError::Connection(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(err) => panic!("{err:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the late node joined");
+
+    nodes[0].kill().expect("kill");
+    let err = Redlock::connect(&urls(&nodes)).await.expect_err("1 of 3");
+    assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_node_lists_are_invalid_config() {
+    let nodes = servers(3);
+    let all = urls(&nodes);
+    for (list, why) in [
+        (vec![], "none"),
+        (all[..1].to_vec(), "one"),
+        (all[..2].to_vec(), "even"),
+        (
+            vec![all[0].clone(), all[1].clone(), all[0].clone()],
+            "twice",
+        ),
+    ] {
+        let err = Redlock::connect(&list).await.expect_err(why);
+        assert!(matches!(err, LockError::InvalidConfig(_)), "{why}: {err:?}");
+    }
+    let err = Redlock::connect(&["redis://127.0.0.1:1/", "nonsense", "redis://127.0.0.1:2/"])
+        .await
+        .expect_err("bad URL");
+    assert!(matches!(err, LockError::InvalidUrl(_)), "{err:?}");
+    let multi = format!(
+        "redis+redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/",
+        nodes[0].port(),
+        nodes[1].port(),
+        nodes[2].port()
+    );
+    let err = RedisLock::connect(&multi)
+        .await
+        .expect_err("not one server");
+    assert!(matches!(err, LockError::InvalidUrl(_)), "{err:?}");
+    let locks = Redlock::connect_url(&multi)
+        .await
+        .expect("the URL form works");
+    assert_eq!((locks.node_count(), locks.quorum()), (3, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_not_revived_by_extend() {
+    let nodes = servers(3);
+    let locks = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    let mut guard = locks
+        .try_acquire("expired", Duration::from_millis(100))
+        .await
+        .expect("try")
+        .expect("acquired");
+    tokio::time::timeout(LIMIT, guard.lost())
+        .await
+        .expect("validity ends");
+    let err = guard.extend(TTL).await.expect_err("past its validity");
+    assert!(matches!(err, LockError::Lost), "{err:?}");
+    // Not revived: free once its keys expire, long before a revived TTL.
+    let other = tokio::time::timeout(LIMIT, locks.acquire("expired", TTL, Duration::from_secs(2)))
+        .await
+        .expect("bounded")
+        .expect("free for the next holder");
+    assert!(other.fencing_token() > guard.fencing_token());
+}

@@ -486,7 +486,12 @@ impl LockBackend for Redlock {
             // shortest remaining hold.
             let retry_after = held
                 .iter()
-                .map(|&pttl| Duration::from_millis(u64::try_from(pttl).unwrap_or(0)))
+                .filter_map(|&pttl| match pttl {
+                    // Released since: try again at once.
+                    -2 => Some(Duration::ZERO),
+                    // A key without a TTL (not ours): no hint.
+                    pttl => u64::try_from(pttl).ok().map(Duration::from_millis),
+                })
                 .min();
             return Ok(Attempt::Held { retry_after });
         }
@@ -783,19 +788,29 @@ impl Lease for RedlockLease {
         let inner = self.inner.clone();
         let total = inner.nodes.len();
         // Nodes that deleted our key in an earlier, interrupted call count.
+        let mut released = self.on.iter().filter(|&&on| on == OnNode::Released).count();
+        let mut absent = self.on.iter().filter(|&&on| on == OnNode::Absent).count();
         let calls = self.release_calls(self.maybe_on().into_iter());
         let mut errors = Vec::new();
         let on = &mut self.on;
+        // Decided once a majority released, or can no longer; the other
+        // nodes' deletes go on in the background (a paused node must not
+        // hold up the release).
         gather(calls, |i, answer| {
             match answer {
-                Ok(1) => on[i] = OnNode::Released,
-                Ok(_) => on[i] = OnNode::Absent,
+                Ok(1) => {
+                    on[i] = OnNode::Released;
+                    released += 1;
+                }
+                Ok(_) => {
+                    on[i] = OnNode::Absent;
+                    absent += 1;
+                }
                 Err(err) => errors.push(err.to_string()),
             }
-            false
+            released >= inner.quorum || absent + errors.len() > total - inner.quorum
         })
         .await;
-        let released = self.on.iter().filter(|&&on| on == OnNode::Released).count();
         if released >= inner.quorum {
             self.state = State::Released;
             return Ok(());

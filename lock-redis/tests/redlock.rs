@@ -254,3 +254,29 @@ async fn an_expired_lease_is_not_revived_by_extend() {
         .expect("free for the next holder");
     assert!(other.fencing_token() > guard.fencing_token());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_minority_does_not_hold_up_any_step() {
+    let mut nodes = servers(3);
+    // Waiting for the paused node would take its 10 s response timeout.
+    let locks = lock_redis::RedisLockOptions::new()
+        .response_timeout(Duration::from_secs(10))
+        .connect_redlock(&urls(&nodes))
+        .await
+        .expect("connect");
+    nodes[1].pause().expect("pause one node");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        for i in 0..3 {
+            let name = format!("paused:{i}");
+            let mut guard = locks
+                .acquire(&name, TTL, Duration::from_secs(2))
+                .await
+                .expect("acquired by the other two");
+            guard.extend(TTL).await.expect("extended by the other two");
+            guard.release().await.expect("released by the other two");
+        }
+    })
+    .await
+    .expect("no step waited for the paused node");
+    nodes[1].resume().expect("resume");
+}

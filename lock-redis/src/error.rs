@@ -40,6 +40,10 @@ fn is_transient(err: &RedisError) -> bool {
         ErrorKind::ClusterConnectionNotFound
             | ErrorKind::Server(
                 ServerErrorKind::BusyLoading
+                    // A redirection the cluster client could not complete:
+                    // the slot's master is unreachable, or the slot is moving.
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ClusterDown

@@ -215,3 +215,43 @@ async fn a_slot_moved_under_a_held_lock_is_followed() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_down_is_a_connection_error_until_it_is_back() {
+    let mut cluster = RedisCluster::start().expect("a cluster of our own");
+    let locks = RedisLockOptions::new()
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(500))
+        .connect_cluster(&cluster.seed_urls())
+        .await
+        .expect("connect");
+    let name = "down";
+    let owner = cluster
+        .node_for_slot(RedisCluster::key_slot("distlock:{down}"))
+        .expect("owner");
+    let first = locks
+        .try_acquire(name, TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    first.release().await.expect("released");
+    cluster
+        .node_mut(owner)
+        .kill()
+        .expect("kill the slot's master");
+    let wait = Duration::from_secs(1);
+    let err = tokio::time::timeout(LIMIT, locks.acquire(name, TTL, wait))
+        .await
+        .expect("bounded")
+        .expect_err("its master is down");
+    assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+    cluster.node_mut(owner).restart().expect("restart");
+    cluster
+        .wait_ready(LIMIT)
+        .expect("the cluster is whole again");
+    let guard = tokio::time::timeout(LIMIT, locks.acquire(name, TTL, Duration::from_secs(10)))
+        .await
+        .expect("bounded")
+        .expect("served again once the master is back");
+    guard.release().await.expect("released");
+}

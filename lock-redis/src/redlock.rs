@@ -340,6 +340,55 @@ impl fmt::Display for QuorumFailure {
 
 impl std::error::Error for QuorumFailure {}
 
+/// The answers to one step, counted towards a majority: a step is decided
+/// once a majority said yes, or once so many said no or failed that a
+/// majority no longer can.
+struct Tally {
+    quorum: usize,
+    /// How many nodes take part.
+    total: usize,
+    yes: usize,
+    no: usize,
+    /// Each failed node's error (it names the node).
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn new(total: usize, quorum: usize) -> Self {
+        Tally {
+            quorum,
+            total,
+            yes: 0,
+            no: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Counts one answer; true once the step is decided.
+    fn count(&mut self, answer: Result<bool, LockError>) -> bool {
+        match answer {
+            Ok(true) => self.yes += 1,
+            Ok(false) => self.no += 1,
+            Err(err) => self.errors.push(err.to_string()),
+        }
+        self.won() || self.no + self.errors.len() > self.total - self.quorum
+    }
+
+    fn won(&self) -> bool {
+        self.yes >= self.quorum
+    }
+
+    /// The step failed for want of answers: the connection error to report.
+    fn unreachable(self, op: &'static str) -> LockError {
+        LockError::connection(QuorumFailure {
+            op,
+            total: self.total,
+            quorum: self.quorum,
+            errors: self.errors,
+        })
+    }
+}
+
 /// One node's part in a step, as its future: owned, so that requests still
 /// running when the step is decided can finish in the background.
 type NodeCall<T> = BoxFuture<'static, (usize, Result<T, LockError>)>;
@@ -458,29 +507,27 @@ impl LockBackend for Redlock {
             .collect();
         let mut granted: Vec<(usize, u64)> = Vec::new();
         let mut held: Vec<i64> = Vec::new();
-        let mut errors: Vec<String> = Vec::new();
+        let mut votes = Tally::new(total, inner.quorum);
         gather(calls, |i, answer| {
-            match answer.and_then(|(ok, value)| vote(ok, value)) {
-                Ok(Vote::Granted(counter)) => granted.push((i, counter)),
-                Ok(Vote::Held(pttl)) => {
+            let answer = answer.and_then(|(ok, value)| vote(ok, value));
+            votes.count(answer.map(|vote| match vote {
+                Vote::Granted(counter) => {
+                    granted.push((i, counter));
+                    true
+                }
+                Vote::Held(pttl) => {
                     lease.on[i] = OnNode::Absent;
                     held.push(pttl);
+                    false
                 }
-                Err(err) => errors.push(err.to_string()),
-            }
-            granted.len() >= inner.quorum || held.len() + errors.len() > total - inner.quorum
+            }))
         })
         .await;
 
-        if granted.len() < inner.quorum {
+        if !votes.won() {
             lease.give_back_granted(&granted).await;
-            if held.is_empty() && errors.len() > total - inner.quorum {
-                return Err(LockError::connection(QuorumFailure {
-                    op: "acquire",
-                    total,
-                    quorum: inner.quorum,
-                    errors,
-                }));
+            if votes.no == 0 {
+                return Err(votes.unreachable("acquire"));
             }
             // Held somewhere (or a split vote): wait no longer than the
             // shortest remaining hold.
@@ -525,32 +572,15 @@ impl LockBackend for Redlock {
         // as on a single server.
         let trusted = inner.options.drift.trusted(ttl);
         let tiny = trusted.is_zero();
-        let mut confirmed = 0;
-        let mut expired = 0;
-        let candidates = granted.len();
-        let mut fence_errors = Vec::new();
-        let enough = |confirmed: usize, expired: usize| {
-            confirmed >= inner.quorum || (tiny && confirmed + expired >= inner.quorum)
-        };
+        let mut confirmations = Tally::new(granted.len(), inner.quorum);
         gather(calls, |_, answer| {
-            match answer {
-                Ok(1) => confirmed += 1,
-                Ok(_) => expired += 1,
-                Err(err) => fence_errors.push(err.to_string()),
-            }
-            let failed = if tiny { 0 } else { expired };
-            enough(confirmed, expired) || failed + fence_errors.len() > candidates - inner.quorum
+            confirmations.count(answer.map(|still_ours| still_ours == 1 || tiny))
         })
         .await;
-        if !enough(confirmed, expired) {
+        if !confirmations.won() {
             lease.give_back_granted(&granted).await;
-            if expired == 0 {
-                return Err(LockError::connection(QuorumFailure {
-                    op: "acquire (fencing step)",
-                    total,
-                    quorum: inner.quorum,
-                    errors: fence_errors,
-                }));
+            if confirmations.no == 0 {
+                return Err(confirmations.unreachable("acquire (fencing step)"));
             }
             // Our keys expired between the two steps: too slow for the TTL.
             return Ok(Attempt::Held { retry_after: None });
@@ -732,51 +762,34 @@ impl Lease for RedlockLease {
                 )
             })
             .collect();
-        let mut kept = 0;
-        let mut taken = 0;
-        let mut errors = Vec::new();
+        let mut answers = Tally::new(total, inner.quorum);
         let on = &mut self.on;
         gather(calls, |i, answer| {
-            match answer {
-                Ok(1 | 2) => {
-                    on[i] = OnNode::Maybe;
-                    kept += 1;
-                }
-                Ok(_) => {
-                    on[i] = OnNode::Absent;
-                    taken += 1;
-                }
-                Err(err) => errors.push(err.to_string()),
-            }
-            kept >= inner.quorum || taken + errors.len() > total - inner.quorum
+            answers.count(answer.map(|kept| {
+                // 1: extended, 2: re-created (a node restarted empty).
+                let kept = kept == 1 || kept == 2;
+                on[i] = if kept { OnNode::Maybe } else { OnNode::Absent };
+                kept
+            }))
         })
         .await;
-        if kept >= inner.quorum {
+        if answers.won() {
             let trusted = inner.options.drift.trusted(ttl);
             if started.elapsed() < trusted {
                 self.valid_until = started + trusted;
                 return Ok(());
             }
-            return Err(LockError::connection(QuorumFailure {
-                op: "extend",
-                total,
-                quorum: inner.quorum,
-                errors: vec![format!(
-                    "the nodes answered after the new TTL of {ttl:?} had run out"
-                )],
-            }));
+            answers.errors.push(format!(
+                "the nodes answered after the new TTL of {ttl:?} had run out"
+            ));
+            return Err(answers.unreachable("extend"));
         }
-        if taken > total - inner.quorum {
+        if answers.no > total - inner.quorum {
             self.state = State::NotHeld;
             self.spawn_release();
             return Err(LockError::Lost);
         }
-        Err(LockError::connection(QuorumFailure {
-            op: "extend",
-            total,
-            quorum: inner.quorum,
-            errors,
-        }))
+        Err(answers.unreachable("extend"))
     }
 
     async fn release(&mut self) -> Result<(), LockError> {
@@ -788,40 +801,31 @@ impl Lease for RedlockLease {
         let inner = self.inner.clone();
         let total = inner.nodes.len();
         // Nodes that deleted our key in an earlier, interrupted call count.
-        let mut released = self.on.iter().filter(|&&on| on == OnNode::Released).count();
-        let mut absent = self.on.iter().filter(|&&on| on == OnNode::Absent).count();
+        let mut answers = Tally::new(total, inner.quorum);
+        answers.yes = self.on.iter().filter(|&&on| on == OnNode::Released).count();
+        answers.no = self.on.iter().filter(|&&on| on == OnNode::Absent).count();
         let calls = self.release_calls(self.maybe_on().into_iter());
-        let mut errors = Vec::new();
         let on = &mut self.on;
         // Decided once a majority released, or can no longer; the other
         // nodes' deletes go on in the background (a paused node must not
         // hold up the release).
         gather(calls, |i, answer| {
-            match answer {
-                Ok(1) => {
-                    on[i] = OnNode::Released;
-                    released += 1;
-                }
-                Ok(_) => {
-                    on[i] = OnNode::Absent;
-                    absent += 1;
-                }
-                Err(err) => errors.push(err.to_string()),
-            }
-            released >= inner.quorum || absent + errors.len() > total - inner.quorum
+            answers.count(answer.map(|released| {
+                on[i] = if released == 1 {
+                    OnNode::Released
+                } else {
+                    OnNode::Absent
+                };
+                released == 1
+            }))
         })
         .await;
-        if released >= inner.quorum {
+        if answers.won() {
             self.state = State::Released;
             return Ok(());
         }
-        if !errors.is_empty() && released + errors.len() >= inner.quorum {
-            return Err(LockError::connection(QuorumFailure {
-                op: "release",
-                total,
-                quorum: inner.quorum,
-                errors,
-            }));
+        if !answers.errors.is_empty() && answers.yes + answers.errors.len() >= inner.quorum {
+            return Err(answers.unreachable("release"));
         }
         self.state = State::NotHeld;
         Err(LockError::Lost)

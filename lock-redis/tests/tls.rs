@@ -62,3 +62,60 @@ async fn locks_over_tls_with_a_private_ca_and_refuses_an_untrusted_server() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_redlock_over_three_tls_servers() {
+    let certs = TestCertificates::generate().expect("a throwaway CA");
+    let path = |file: std::path::PathBuf| file.display().to_string();
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let tls_port = free_port();
+        servers.push(
+            RedisServer::start_with(
+                RedisOptions::new()
+                    .config("tls-port", tls_port.to_string())
+                    .config("tls-cert-file", path(certs.server_cert()))
+                    .config("tls-key-file", path(certs.server_key()))
+                    .config("tls-ca-cert-file", path(certs.ca_cert()))
+                    .config("tls-auth-clients", "no"),
+            )
+            .expect("redis-server with TLS"),
+        );
+        urls.push(format!("rediss://localhost:{tls_port}/0"));
+    }
+    let ca = certs.ca_pem().expect("read CA");
+    let locks = RedisLock::options()
+        .tls_root_certificate(ca)
+        .connect_redlock(&urls)
+        .await
+        .expect("three TLS nodes with the private CA");
+    let mut guard = locks
+        .acquire("tls-redlock", TTL, Duration::ZERO)
+        .await
+        .expect("acquire over TLS");
+    assert!(
+        locks
+            .try_acquire("tls-redlock", TTL)
+            .await
+            .expect("try")
+            .is_none()
+    );
+    guard.extend(TTL).await.expect("extend over TLS");
+    guard.release().await.expect("release over TLS");
+
+    // Without the CA no node is trusted: a majority cannot be reached.
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisLock::options()
+            .connect_timeout(Duration::from_secs(2))
+            .connect_redlock(&urls),
+    )
+    .await
+    .expect("bounded")
+    .expect_err("untrusted certificates must not connect");
+    assert!(
+        matches!(err, LockError::Connection(_) | LockError::Backend(_)),
+        "{err:?}"
+    );
+}

@@ -9,14 +9,20 @@ use lock_api::{DistributedLock, LockError, MemoryLock};
 ///
 /// | scheme | backend | feature |
 /// |---|---|---|
-/// | `redis://`, `rediss://`, `redis+unix://`, `unix://` | [`RedisLock`](crate::redis::RedisLock) | `redis` (`rediss` also `tls`) |
+/// | `redis://`, `rediss://`, `redis+unix://`, `unix://` | [`RedisLock`](crate::redis::RedisLock) on one server | `redis` (`rediss` also `tls`) |
+/// | `redis+cluster://h1:p1,h2:p2/`, `rediss+cluster://…` | [`RedisLock`](crate::redis::RedisLock) on a Redis Cluster (the hosts are seeds) | `redis` (`rediss` also `tls`) |
+/// | `redis+redlock://h1:p1,h2:p2,h3:p3/`, `rediss+redlock://…` | [`Redlock`](crate::redis::Redlock) over 3 or 5 independent servers | `redis` (`rediss` also `tls`) |
 /// | `postgres://`, `postgresql://` | [`PgAdvisoryLock`](crate::postgres::PgAdvisoryLock) | `postgres` |
 /// | `memory:` or `memory:<space>` | [`MemoryLock`] | always |
 ///
-/// Schemes are case-insensitive. Each call to a server opens a new client
-/// (its own connections); connect once and share the `Arc`. For options
-/// beyond the URL (timeouts, pool size, key prefix, a private CA), build the
-/// backend directly: `RedisLock::options()…connect(url)`,
+/// Schemes are case-insensitive. A multi-host URL gives every host the
+/// same user, password, database and query:
+/// `redis+redlock://:secret@10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379/0`.
+/// Each call to a server opens a new client (its own connections); connect
+/// once and share the `Arc`. For options beyond the URL (timeouts, pool
+/// size, key prefix, a private CA), build the backend directly:
+/// `RedisLock::options()…connect(url)`,
+/// `RedisLock::options()…connect_redlock_url(url)`,
 /// `PgAdvisoryLock::options()…connect(url)`.
 ///
 /// `memory:` names an in-process lock space, the way a server URL names a
@@ -45,8 +51,11 @@ use lock_api::{DistributedLock, LockError, MemoryLock};
 /// - [`LockError::InvalidUrl`] when the URL has no scheme, an unknown one,
 ///   or one whose backend this build leaves out — the message names the
 ///   Cargo feature to enable — or when the backend cannot parse the rest.
+/// - [`LockError::InvalidConfig`] for a Redlock URL that does not list an
+///   odd number of servers, at least 3, or that lists one server twice.
 /// - [`LockError::Connection`] when the server cannot be reached within the
-///   backend's connect timeout.
+///   backend's connect timeout (for a cluster, none of the seeds; for a
+///   Redlock, fewer than a majority of its servers).
 ///
 /// Messages never contain the URL's password.
 pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
@@ -55,11 +64,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
     let normalized = format!("{scheme}:{rest}");
     match scheme.as_str() {
         "memory" => Ok(Arc::new(memory_space(rest)?)),
-        "redis" | "rediss" | "redis+unix" | "unix" => connect_redis(&normalized).await,
+        "redis" | "rediss" | "redis+unix" | "unix" | "redis+cluster" | "rediss+cluster" => {
+            connect_redis(&normalized).await
+        }
+        "redis+redlock" | "rediss+redlock" => connect_redlock(&normalized).await,
         "postgres" | "postgresql" => connect_postgres(&normalized).await,
         other => Err(LockError::InvalidUrl(format!(
-            "unknown scheme {other:?}: distlock serves redis://, rediss://, postgres://, \
-             postgresql:// and memory:"
+            "unknown scheme {other:?}: distlock serves redis://, rediss://, \
+             redis+cluster://, redis+redlock://, postgres://, postgresql:// and memory:"
         ))),
     }
 }
@@ -110,6 +122,16 @@ async fn connect_redis(_url: &str) -> Result<Arc<dyn DistributedLock>, LockError
     Err(feature_off("a Redis URL", "redis"))
 }
 
+#[cfg(feature = "redis")]
+async fn connect_redlock(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    Ok(Arc::new(lock_redis::Redlock::connect_url(url).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redlock(_url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
+    Err(feature_off("a Redlock URL", "redis"))
+}
+
 #[cfg(feature = "postgres")]
 async fn connect_postgres(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
     Ok(Arc::new(lock_postgres::PgAdvisoryLock::connect(url).await?))
@@ -152,12 +174,18 @@ mod tests {
     #[cfg(not(feature = "redis"))]
     #[tokio::test]
     async fn a_redis_url_without_the_feature_names_it() {
-        let err = connect("redis://127.0.0.1:1")
-            .await
-            .err()
-            .expect("no Redis backend");
-        assert!(matches!(err, LockError::InvalidUrl(_)), "{err:?}");
-        assert!(err.to_string().contains("`redis` feature"), "{err}");
+        for url in [
+            "redis://127.0.0.1:1",
+            "REDIS+CLUSTER://:secret@127.0.0.1:1,127.0.0.1:2/",
+            "rediss+cluster://:secret@127.0.0.1:1,127.0.0.1:2/",
+            "redis+redlock://:secret@127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/",
+            "Rediss+Redlock://:secret@127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/",
+        ] {
+            let err = connect(url).await.err().expect("no Redis backend");
+            assert!(matches!(err, LockError::InvalidUrl(_)), "{url}: {err:?}");
+            assert!(err.to_string().contains("`redis` feature"), "{url}: {err}");
+            assert!(!format!("{err} {err:?}").contains("secret"), "{url}: {err}");
+        }
     }
 
     #[cfg(not(feature = "postgres"))]

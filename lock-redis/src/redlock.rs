@@ -364,7 +364,8 @@ impl Tally {
         }
     }
 
-    /// Counts one answer; true once the step is decided.
+    /// Counts one answer; true once the step is decided: a majority said
+    /// yes, or so many said no or failed that a majority no longer can.
     fn count(&mut self, answer: Result<bool, LockError>) -> bool {
         match answer {
             Ok(true) => self.yes += 1,
@@ -374,8 +375,18 @@ impl Tally {
         self.won() || self.no + self.errors.len() > self.total - self.quorum
     }
 
+    /// Whether the step is settled beyond doubt: a majority said yes, or
+    /// so many said no that a majority cannot say yes.
+    fn settled(&self) -> bool {
+        self.won() || self.refused()
+    }
+
     fn won(&self) -> bool {
         self.yes >= self.quorum
+    }
+
+    fn refused(&self) -> bool {
+        self.no > self.total - self.quorum
     }
 
     /// The step failed for want of answers: the connection error to report.
@@ -784,7 +795,7 @@ impl Lease for RedlockLease {
             ));
             return Err(answers.unreachable("extend"));
         }
-        if answers.no > total - inner.quorum {
+        if answers.refused() {
             self.state = State::NotHeld;
             self.spawn_release();
             return Err(LockError::Lost);
@@ -806,9 +817,10 @@ impl Lease for RedlockLease {
         answers.no = self.on.iter().filter(|&&on| on == OnNode::Absent).count();
         let calls = self.release_calls(self.maybe_on().into_iter());
         let on = &mut self.on;
-        // Decided once a majority released, or can no longer; the other
-        // nodes' deletes go on in the background (a paused node must not
-        // hold up the release).
+        // Settled once a majority released, or a majority said the lock is
+        // not ours; the other nodes' deletes go on in the background (a
+        // paused node must not hold up the release). A failed node settles
+        // nothing: the nodes still to answer may tell released from lost.
         gather(calls, |i, answer| {
             answers.count(answer.map(|released| {
                 on[i] = if released == 1 {
@@ -817,14 +829,17 @@ impl Lease for RedlockLease {
                     OnNode::Absent
                 };
                 released == 1
-            }))
+            }));
+            answers.settled()
         })
         .await;
         if answers.won() {
             self.state = State::Released;
             return Ok(());
         }
-        if !answers.errors.is_empty() && answers.yes + answers.errors.len() >= inner.quorum {
+        if !answers.refused() {
+            // Some nodes failed and the others do not make a majority
+            // either way: whether it was still ours is unknown.
             return Err(answers.unreachable("release"));
         }
         self.state = State::NotHeld;

@@ -280,3 +280,55 @@ async fn a_paused_minority_does_not_hold_up_any_step() {
     .expect("no step waited for the paused node");
     nodes[1].resume().expect("resume");
 }
+
+/// Sets `key` on one server directly, as another client's leftover would be.
+async fn set_foreign(server: &RedisServer, key: &str) {
+    let locks = RedisLock::connect(&server.url()).await.expect("connect");
+    let mut conn = locks.connection();
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_cannot_be_confirmed_is_a_connection_error_never_lost() {
+    for round in 0..5 {
+        let mut nodes = servers(3);
+        let locks = Redlock::connect(&urls(&nodes)).await.expect("connect");
+        let name = format!("unconfirmed:{round}");
+        // Node 1 holds another client's key: we get nodes 0 and 2.
+        set_foreign(&nodes[1], &format!("distlock:{{{name}}}")).await;
+        let guard = locks
+            .try_acquire(&name, TTL)
+            .await
+            .expect("try")
+            .expect("granted by nodes 0 and 2");
+        // With node 2 gone, only node 0 can confirm the release: one of
+        // three. That is not a lost lock, whichever answer comes first.
+        nodes[2].kill().expect("kill");
+        let err = tokio::time::timeout(LIMIT, guard.release())
+            .await
+            .expect("bounded")
+            .expect_err("no majority confirms the release");
+        assert!(
+            matches!(err, LockError::Connection(_)),
+            "round {round}: {err:?}"
+        );
+    }
+
+    // With every node up, the two that granted confirm it.
+    let nodes = servers(3);
+    let locks = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    set_foreign(&nodes[1], "distlock:{confirmed}").await;
+    let guard = locks
+        .try_acquire("confirmed", TTL)
+        .await
+        .expect("try")
+        .expect("granted by nodes 0 and 2");
+    guard.release().await.expect("released on nodes 0 and 2");
+}

@@ -61,7 +61,11 @@ use crate::url::Topology;
 ///   deletes its key wherever it may have been set, and lock-api's waiting
 ///   loop tries again after a jittered backoff (or at once, woken by a
 ///   release) until the deadline. Requests still in flight when the
-///   outcome is decided finish in the background.
+///   outcome is decided finish in the background. Once a majority has
+///   answered without a decision (a split vote between two clients, with a
+///   node slow or frozen), the rest get ttl/50 more (5 ms at least, the
+///   response timeout at most), so a frozen node does not stall every
+///   contended attempt for a whole response timeout.
 /// - **Extend** goes to every node: where the key holds our token its TTL
 ///   is reset; where the key is gone — a node restarted without its data —
 ///   it is created again and the node's counter raised to our token, so a
@@ -241,6 +245,7 @@ impl Redlock {
                 total: urls.len(),
                 quorum,
                 errors: down,
+                silent: None,
             }));
         }
         let wake = WakeHub::new();
@@ -319,18 +324,24 @@ struct QuorumFailure {
     quorum: usize,
     /// Each failed node's error (it names the node).
     errors: Vec<String>,
+    /// Nodes that had not answered when the step gave up on them, and how
+    /// long they were given.
+    silent: Option<(usize, Duration)>,
 }
 
 impl fmt::Display for QuorumFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "redlock {}: {} of {} nodes failed, and {} must agree",
+            "redlock {}: {} of {} nodes failed",
             self.op,
             self.errors.len(),
             self.total,
-            self.quorum
         )?;
+        if let Some((silent, wait)) = self.silent {
+            write!(f, " and {silent} did not answer within {wait:?}")?;
+        }
+        write!(f, ", and {} must agree", self.quorum)?;
         for error in &self.errors {
             write!(f, "; {error}")?;
         }
@@ -391,12 +402,17 @@ impl Tally {
 
     /// The step failed for want of answers: the connection error to report.
     fn unreachable(self, op: &'static str) -> LockError {
-        LockError::connection(QuorumFailure {
+        LockError::connection(self.failure(op))
+    }
+
+    fn failure(self, op: &'static str) -> QuorumFailure {
+        QuorumFailure {
             op,
             total: self.total,
             quorum: self.quorum,
             errors: self.errors,
-        })
+            silent: None,
+        }
     }
 }
 
@@ -404,18 +420,51 @@ impl Tally {
 /// running when the step is decided can finish in the background.
 type NodeCall<T> = BoxFuture<'static, (usize, Result<T, LockError>)>;
 
+/// How long a step waits for its last nodes once `answers` of them have
+/// answered without deciding it: a split vote must not wait out a frozen
+/// node's whole response timeout.
+#[derive(Debug, Clone, Copy)]
+struct Stragglers {
+    answers: usize,
+    wait: Duration,
+}
+
 /// Runs `calls` at once and hands each answer to `tally` as it arrives,
-/// until `tally` says the step is decided (returns `true`) or all have
-/// answered. Unanswered calls are left to finish in a background task, so
-/// a request already sent is not cut off mid-way.
+/// until `tally` says the step is decided (returns `true`), all have
+/// answered, or the stragglers' wait is over. Returns how many calls the
+/// stragglers' wait gave up on (0 when it did not run out). Calls still
+/// running are left to finish in a background task, so a request already
+/// sent is not cut off mid-way.
 async fn gather<T: Send + 'static>(
     calls: Vec<NodeCall<T>>,
+    stragglers: Option<Stragglers>,
     mut tally: impl FnMut(usize, Result<T, LockError>) -> bool,
-) {
+) -> usize {
     let mut pending: FuturesUnordered<NodeCall<T>> = calls.into_iter().collect();
-    while let Some((i, answer)) = pending.next().await {
+    let mut answered = 0;
+    let mut deadline = None;
+    let mut gave_up = 0;
+    loop {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    gave_up = pending.len();
+                    break;
+                }
+            },
+            None => pending.next().await,
+        };
+        let Some((i, answer)) = next else { break };
         if tally(i, answer) {
             break;
+        }
+        answered += 1;
+        if let Some(stragglers) = stragglers
+            && deadline.is_none()
+            && answered >= stragglers.answers
+        {
+            deadline = Some(Instant::now() + stragglers.wait);
         }
     }
     if !pending.is_empty()
@@ -423,6 +472,7 @@ async fn gather<T: Send + 'static>(
     {
         runtime.spawn(async move { while pending.next().await.is_some() {} });
     }
+    gave_up
 }
 
 /// One script call on one node, as a [`NodeCall`].
@@ -519,7 +569,14 @@ impl LockBackend for Redlock {
         let mut granted: Vec<(usize, u64)> = Vec::new();
         let mut held: Vec<i64> = Vec::new();
         let mut votes = Tally::new(total, inner.quorum);
-        gather(calls, |i, answer| {
+        // Once a majority has answered without a decision (a split vote, a
+        // node slow or frozen), the rest get ttl/50 more, within the
+        // response timeout: then the attempt fails and is retried.
+        let stragglers = Stragglers {
+            answers: inner.quorum,
+            wait: (ttl / 50).clamp(Duration::from_millis(5), inner.options.response_timeout),
+        };
+        let gave_up = gather(calls, Some(stragglers), |i, answer| {
             let answer = answer.and_then(|(ok, value)| vote(ok, value));
             votes.count(answer.map(|vote| match vote {
                 Vote::Granted(counter) => {
@@ -537,8 +594,12 @@ impl LockBackend for Redlock {
 
         if !votes.won() {
             lease.give_back_granted(&granted).await;
-            if votes.no == 0 {
-                return Err(votes.unreachable("acquire"));
+            if votes.no == 0 && !votes.errors.is_empty() {
+                let mut err = votes.failure("acquire");
+                if gave_up > 0 {
+                    err.silent = Some((gave_up, stragglers.wait));
+                }
+                return Err(LockError::connection(err));
             }
             // Held somewhere (or a split vote): wait no longer than the
             // shortest remaining hold.
@@ -584,7 +645,7 @@ impl LockBackend for Redlock {
         let trusted = inner.options.drift.trusted(ttl);
         let tiny = trusted.is_zero();
         let mut confirmations = Tally::new(granted.len(), inner.quorum);
-        gather(calls, |_, answer| {
+        gather(calls, None, |_, answer| {
             confirmations.count(answer.map(|still_ours| still_ours == 1 || tiny))
         })
         .await;
@@ -723,7 +784,7 @@ impl RedlockLease {
     async fn give_back_granted(&mut self, granted: &[(usize, u64)]) {
         let calls = self.release_calls(granted.iter().map(|&(i, _)| i));
         let on = &mut self.on;
-        gather(calls, |i, answer| {
+        gather(calls, None, |i, answer| {
             if answer.is_ok() {
                 on[i] = OnNode::Absent;
             }
@@ -775,7 +836,7 @@ impl Lease for RedlockLease {
             .collect();
         let mut answers = Tally::new(total, inner.quorum);
         let on = &mut self.on;
-        gather(calls, |i, answer| {
+        gather(calls, None, |i, answer| {
             answers.count(answer.map(|kept| {
                 // 1: extended, 2: re-created (a node restarted empty).
                 let kept = kept == 1 || kept == 2;
@@ -821,7 +882,7 @@ impl Lease for RedlockLease {
         // not ours; the other nodes' deletes go on in the background (a
         // paused node must not hold up the release). A failed node settles
         // nothing: the nodes still to answer may tell released from lost.
-        gather(calls, |i, answer| {
+        gather(calls, None, |i, answer| {
             answers.count(answer.map(|released| {
                 on[i] = if released == 1 {
                     OnNode::Released
@@ -908,6 +969,7 @@ mod tests {
                 "acquire on redis://a:1/: refused".into(),
                 "acquire on redis://b:2/: refused".into(),
             ],
+            silent: None,
         };
         let text = failure.to_string();
         assert!(
@@ -916,6 +978,18 @@ mod tests {
         );
         assert!(
             text.contains("redis://a:1/") && text.contains("redis://b:2/"),
+            "{text}"
+        );
+        let failure = QuorumFailure {
+            op: "acquire",
+            total: 5,
+            quorum: 3,
+            errors: vec!["acquire on redis://a:1/: refused".into()],
+            silent: Some((2, Duration::from_millis(20))),
+        };
+        let text = failure.to_string();
+        assert!(
+            text.contains("1 of 5 nodes failed and 2 did not answer within 20ms, and 3 must agree"),
             "{text}"
         );
     }

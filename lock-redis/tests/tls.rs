@@ -17,12 +17,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test]
-async fn locks_over_tls_with_a_private_ca_and_refuses_an_untrusted_server() {
-    let certs = TestCertificates::generate().expect("a throwaway CA");
+/// A redis-server that also listens for TLS with the CA's certificate, and
+/// its `rediss://` URL.
+fn tls_server(certs: &TestCertificates) -> (RedisServer, String) {
     let path = |file: std::path::PathBuf| file.display().to_string();
     let tls_port = free_port();
-    let _server = RedisServer::start_with(
+    let server = RedisServer::start_with(
         RedisOptions::new()
             .config("tls-port", tls_port.to_string())
             .config("tls-cert-file", path(certs.server_cert()))
@@ -31,7 +31,13 @@ async fn locks_over_tls_with_a_private_ca_and_refuses_an_untrusted_server() {
             .config("tls-auth-clients", "no"),
     )
     .expect("redis-server with TLS");
-    let url = format!("rediss://localhost:{tls_port}/0");
+    (server, format!("rediss://localhost:{tls_port}/0"))
+}
+
+#[tokio::test]
+async fn locks_over_tls_with_a_private_ca_and_refuses_an_untrusted_server() {
+    let certs = TestCertificates::generate().expect("a throwaway CA");
+    let (_server, url) = tls_server(&certs);
     let ca = certs.ca_pem().expect("read CA");
 
     let locks = RedisLock::options()
@@ -66,24 +72,8 @@ async fn locks_over_tls_with_a_private_ca_and_refuses_an_untrusted_server() {
 #[tokio::test]
 async fn a_redlock_over_three_tls_servers() {
     let certs = TestCertificates::generate().expect("a throwaway CA");
-    let path = |file: std::path::PathBuf| file.display().to_string();
-    let mut servers = Vec::new();
-    let mut urls = Vec::new();
-    for _ in 0..3 {
-        let tls_port = free_port();
-        servers.push(
-            RedisServer::start_with(
-                RedisOptions::new()
-                    .config("tls-port", tls_port.to_string())
-                    .config("tls-cert-file", path(certs.server_cert()))
-                    .config("tls-key-file", path(certs.server_key()))
-                    .config("tls-ca-cert-file", path(certs.ca_cert()))
-                    .config("tls-auth-clients", "no"),
-            )
-            .expect("redis-server with TLS"),
-        );
-        urls.push(format!("rediss://localhost:{tls_port}/0"));
-    }
+    let (_servers, urls): (Vec<RedisServer>, Vec<String>) =
+        (0..3).map(|_| tls_server(&certs)).unzip();
     let ca = certs.ca_pem().expect("read CA");
     let locks = RedisLock::options()
         .tls_root_certificate(ca)

@@ -3,32 +3,18 @@
 //! leave no process behind.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::redis_command;
 use lock_testkit::{
     RedisCluster, RedisClusterOptions, RedisServer, TestkitError, process_is_alive,
 };
 
-const SHORT: Duration = Duration::from_millis(500);
 const READY: Duration = Duration::from_secs(20);
-
-/// Sends one RESP command and returns the raw reply (up to 8 KiB).
-fn redis_command(addr: SocketAddr, args: &[&str]) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, SHORT)?;
-    stream.set_read_timeout(Some(SHORT))?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(request.as_bytes())?;
-    let mut reply = vec![0u8; 8192];
-    let n = stream.read(&mut reply)?;
-    Ok(String::from_utf8_lossy(&reply[..n]).into_owned())
-}
 
 fn cluster_info(node: &RedisServer) -> String {
     redis_command(node.addr(), &["CLUSTER", "INFO"]).expect("CLUSTER INFO")

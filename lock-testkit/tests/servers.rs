@@ -8,6 +8,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::redis_command;
 use lock_testkit::{
     PgOptions, PgServer, RedisOptions, RedisServer, TestkitError, process_is_alive,
 };
@@ -15,20 +18,6 @@ use lock_testkit::{
 const SHORT: Duration = Duration::from_millis(200);
 
 // ---------------------------------------------------------------- helpers
-
-/// Sends one RESP command and returns the raw reply (up to 512 bytes).
-fn redis_command(addr: SocketAddr, args: &[&str]) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, SHORT)?;
-    stream.set_read_timeout(Some(SHORT))?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(request.as_bytes())?;
-    let mut reply = [0u8; 512];
-    let n = stream.read(&mut reply)?;
-    Ok(String::from_utf8_lossy(&reply[..n]).into_owned())
-}
 
 fn assert_pong(server: &RedisServer) {
     let reply = redis_command(server.addr(), &["PING"]).expect("PING");

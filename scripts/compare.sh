@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The comparison run: distlock's Redis and PostgreSQL backends side by side,
-# with the raw clients and the peer crates (rslock, distributed-lock), on
-# throwaway servers the run starts itself.
+# with the raw clients and the peer crates (rslock, distributed-lock), and
+# Redis on one server vs a Redlock of 3 and 5 servers vs a 3-master cluster,
+# on throwaway servers the run starts itself.
 #
 #   scripts/compare.sh            # full run (about 6 minutes on 2 cores, plus the build)
 #   scripts/compare.sh --quick    # smoke run (CI), well under 2 minutes
@@ -10,7 +11,8 @@
 #    target/criterion/report/index.html.
 # 2. The sampled measurements (p50/p99 and throughput at 1/16/64 tasks,
 #    hand-off, the cost and capacity of held locks, booking transactions
-#    while K locks are held), printed as they go, then written to
+#    while K locks are held, one server vs Redlock vs cluster), printed as
+#    they go, then written to
 #    target/comparison/: report.md, SVG charts and results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +45,7 @@ echo "=== sampled measurements"
 DISTLOCK_COMPARE_COMMAND="scripts/compare.sh${quick[*]:+ ${quick[*]}}" \
     cargo run --release -q -p distlock-comparison --bin distlock-compare -- "${quick[@]}" --out target/comparison
 
-for file in report.md results.json cycle_throughput.svg hand_off.svg hold_cost.svg booking.svg; do
+for file in report.md results.json cycle_throughput.svg topology_throughput.svg hand_off.svg hold_cost.svg booking.svg; do
     [[ -s "target/comparison/$file" ]] || { echo "error: target/comparison/$file was not written" >&2; exit 1; }
 done
 echo "=== comparison run took $(( $(date +%s) - started )) s (without the build); report: target/comparison/report.md"

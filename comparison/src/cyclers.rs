@@ -24,6 +24,8 @@ pub const TTL: Duration = Duration::from_secs(30);
 pub const REDIS: &str = "Redis";
 /// See [`REDIS`].
 pub const POSTGRES: &str = "PostgreSQL";
+/// See [`REDIS`]: a Redis Cluster (section 6).
+pub const REDIS_CLUSTER: &str = "Redis Cluster";
 
 /// One uncontended lock cycle.
 #[async_trait]
@@ -153,16 +155,32 @@ impl Cycler for RawPg {
 pub struct Distlock {
     locks: Arc<dyn DistributedLock>,
     backend: &'static str,
-    label: &'static str,
+    label: String,
 }
 
 impl Distlock {
+    /// Any distlock lock client (a [`RedisLock`] on one server or on a
+    /// cluster, a [`Redlock`](lock_redis::Redlock), ...) under a label of
+    /// its own. The label names the row and goes into the cycle names, so
+    /// two rows on shared servers never use the same names.
+    pub fn new(
+        locks: impl DistributedLock + 'static,
+        backend: &'static str,
+        label: impl Into<String>,
+    ) -> Self {
+        Distlock {
+            locks: Arc::new(locks),
+            backend,
+            label: label.into(),
+        }
+    }
+
     /// distlock's Redis backend with its defaults (wake-ups on).
     pub async fn redis(url: &str) -> anyhow::Result<Self> {
         Ok(Distlock {
             locks: Arc::new(RedisLock::connect(url).await?),
             backend: REDIS,
-            label: "distlock",
+            label: "distlock".to_owned(),
         })
     }
 
@@ -176,7 +194,7 @@ impl Distlock {
         Ok(Distlock {
             locks: Arc::new(locks),
             backend: REDIS,
-            label: "distlock, no wake-ups",
+            label: "distlock, no wake-ups".to_owned(),
         })
     }
 
@@ -206,7 +224,7 @@ impl Distlock {
         Ok(Distlock {
             locks: Arc::new(locks),
             backend: POSTGRES,
-            label,
+            label: label.to_owned(),
         })
     }
 }
@@ -214,7 +232,7 @@ impl Distlock {
 #[async_trait]
 impl Cycler for Distlock {
     fn label(&self) -> &str {
-        self.label
+        &self.label
     }
     fn backend(&self) -> &str {
         self.backend

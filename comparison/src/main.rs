@@ -1,5 +1,6 @@
 //! `distlock-compare`: the comparison run's own measurements (sampled
-//! latencies, hand-off, hold cost, capacity, booking under held locks),
+//! latencies, hand-off, hold cost, capacity, booking under held locks, and
+//! the lock cycle on Redlock and on a Redis Cluster against one server),
 //! printed as they go and written to `target/comparison/` as `report.md`,
 //! SVG charts and `results.json`. `scripts/compare.sh` runs it after the
 //! Criterion groups.
@@ -15,13 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use distlock::DistributedLock;
 use distlock_comparison::cyclers::{
-    Cycler, Distlock, DlPg, DlRedis, POSTGRES, REDIS, RawPg, RawRedis, RsLock,
+    Cycler, Distlock, DlPg, DlRedis, POSTGRES, REDIS, REDIS_CLUSTER, RawPg, RawRedis, RsLock,
 };
-use distlock_comparison::results::{BookingResult, Results};
+use distlock_comparison::results::{BookingResult, ClusterSpread, CycleResult, Results};
 use distlock_comparison::{booking, hold, measure, report, system};
 use lock_postgres::PgLockOptions;
-use lock_redis::RedisLock;
-use lock_testkit::{PgOptions, PgServer, RedisServer};
+use lock_redis::{DEFAULT_PREFIX, RedisLock, Redlock};
+use lock_testkit::{PgOptions, PgServer, RedisCluster, RedisServer};
 use plotters::prelude::SeriesLabelPosition;
 use sqlx::postgres::PgPoolOptions;
 
@@ -131,6 +132,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     drop((redis, pg));
 
+    rt.block_on(topologies(&plan, &mut results))?;
     rt.block_on(holding(&plan, &mut results))?;
     rt.block_on(bookings(&plan, &mut results))?;
     results.wall_secs = started.elapsed().as_secs_f64();
@@ -138,6 +140,10 @@ fn main() -> anyhow::Result<()> {
     write_report(&out, &results)?;
     println!();
     println!("{}", report::cycle_table(&results.cycles));
+    println!(
+        "6. distlock on one Redis server, on Redlocks and on a Redis Cluster (all servers on one CPU):"
+    );
+    println!("{}", report::cycle_table(&results.topologies));
     println!(
         "custom measurements took {:.0} s; report: {}/report.md (charts and results.json beside it)",
         results.wall_secs,
@@ -182,23 +188,12 @@ async fn cycles(
             .peers_left_out
             .push(format!("distributed-lock (PostgreSQL): {e:#}")),
     }
-    println!(
-        "{:<11} {:<17} {:>5} {:>10} {:>10} {:>12}",
-        "backend", "implementation", "tasks", "p50", "p99", "cycles/s"
-    );
+    print_cycle_header();
     for cycler in cyclers {
         for &tasks in plan.tasks {
             match measure::cycles(Arc::clone(&cycler), tasks, plan.warm_up, plan.measure).await {
                 Ok(r) => {
-                    println!(
-                        "{:<11} {:<17} {:>5} {:>10} {:>10} {:>12}",
-                        r.backend,
-                        r.implementation,
-                        tasks,
-                        report::micros(r.latency.p50_us),
-                        report::micros(r.latency.p99_us),
-                        report::count(r.ops_per_sec)
-                    );
+                    print_cycle_row(&r);
                     results.cycles.push(r);
                 }
                 Err(e) => {
@@ -215,6 +210,125 @@ async fn cycles(
         }
     }
     Ok(())
+}
+
+fn print_cycle_header() {
+    println!(
+        "{:<13} {:<21} {:>5} {:>10} {:>10} {:>12}",
+        "backend", "implementation", "tasks", "p50", "p99", "cycles/s"
+    );
+}
+
+fn print_cycle_row(r: &CycleResult) {
+    println!(
+        "{:<13} {:<21} {:>5} {:>10} {:>10} {:>12}",
+        r.backend,
+        r.implementation,
+        r.tasks,
+        report::micros(r.latency.p50_us),
+        report::micros(r.latency.p99_us),
+        report::count(r.ops_per_sec)
+    );
+}
+
+/// Section 6: the uncontended cycle of section 1 (same tasks, same
+/// measuring code, distlock's defaults) through `RedisLock` on one server,
+/// `Redlock` on 3 and on 5 independent servers, and `RedisLock` on a Redis
+/// Cluster of 3 masters. Every server is pinned to CPU 0, like the others.
+async fn topologies(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
+    println!(
+        "\n== 6. lock cycle on one server vs Redlock (3, 5 servers) vs a Redis Cluster (3 masters); all servers on CPU 0"
+    );
+    let started = Instant::now();
+    let servers = RedisServer::start_several(5).context("start 5 redis-servers")?;
+    for server in &servers {
+        pin(server.pid(), results.pinned)?;
+    }
+    let cluster = RedisCluster::start().context("start a Redis Cluster of 3 masters")?;
+    for master in cluster.masters() {
+        pin(master.pid(), results.pinned)?;
+    }
+    results.topology_start_secs = started.elapsed().as_secs_f64();
+    println!(
+        "5 redis-servers and a cluster of {} masters started in {:.1} s",
+        cluster.masters().len(),
+        results.topology_start_secs
+    );
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let cyclers: Vec<Arc<dyn Cycler>> = vec![
+        Arc::new(Distlock::new(
+            RedisLock::connect(&urls[0]).await?,
+            REDIS,
+            "RedisLock, 1 server",
+        )),
+        Arc::new(Distlock::new(
+            Redlock::connect(&urls[..3]).await?,
+            REDIS,
+            "Redlock, 3 servers",
+        )),
+        Arc::new(Distlock::new(
+            Redlock::connect(&urls).await?,
+            REDIS,
+            "Redlock, 5 servers",
+        )),
+        Arc::new(Distlock::new(
+            RedisLock::connect_cluster(&cluster.seed_urls()).await?,
+            REDIS_CLUSTER,
+            "RedisLock, 3 masters",
+        )),
+    ];
+    for cycler in cyclers.iter().filter(|c| c.backend() == REDIS_CLUSTER) {
+        for &tasks in plan.tasks {
+            let spread = cluster_spread(&cluster, cycler.label(), tasks)?;
+            println!(
+                "{}: the names of {tasks} task{} land on the masters as {}",
+                spread.implementation,
+                if tasks == 1 { "" } else { "s" },
+                report::spread(&spread.names_per_master)
+            );
+            results.cluster_spread.push(spread);
+        }
+    }
+    print_cycle_header();
+    for cycler in cyclers {
+        for &tasks in plan.tasks {
+            let r = measure::cycles(Arc::clone(&cycler), tasks, plan.warm_up, plan.measure)
+                .await
+                .with_context(|| {
+                    format!("{} ({}) at {tasks} tasks", cycler.label(), cycler.backend())
+                })?;
+            print_cycle_row(&r);
+            results.topologies.push(r);
+        }
+    }
+    println!("section 6 took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Where the lock keys of the names of tasks `0..tasks` of the row `label`
+/// land: the key's slot, then the master serving it.
+fn cluster_spread(
+    cluster: &RedisCluster,
+    label: &str,
+    tasks: usize,
+) -> anyhow::Result<ClusterSpread> {
+    let mut names_per_master = vec![0; cluster.masters().len()];
+    for task in 0..tasks {
+        let name = measure::cycle_name(label, task);
+        // distlock's key for a name is `prefix{name}`, with `%` and `}`
+        // escaped; the names here have neither, so this is the key itself.
+        anyhow::ensure!(
+            !name.contains(['%', '}']),
+            "cycle name {name:?} would be escaped"
+        );
+        let slot = RedisCluster::key_slot(&format!("{DEFAULT_PREFIX}{{{name}}}"));
+        names_per_master[cluster.node_for_slot(slot)?] += 1;
+    }
+    Ok(ClusterSpread {
+        implementation: label.to_owned(),
+        tasks,
+        names_per_master,
+    })
 }
 
 async fn hand_offs(
@@ -475,20 +589,20 @@ fn write_report(out: &std::path::Path, r: &Results) -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(r)?)?;
     std::fs::write(out.join("report.md"), report::markdown(r))?;
 
-    let mut series: Vec<report::Series> = Vec::new();
-    for c in &r.cycles {
-        let name = format!("{} {}", c.backend, c.implementation);
-        match series.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, points)) => points.push((c.tasks as f64, c.ops_per_sec)),
-            None => series.push((name, vec![(c.tasks as f64, c.ops_per_sec)])),
-        }
-    }
     report::log_log_chart(
         &out.join("cycle_throughput.svg"),
         "Lock cycles per second (acquire + release)",
         "concurrent tasks",
         "cycles / s",
-        &series,
+        &report::throughput_series(&r.cycles),
+        SeriesLabelPosition::UpperLeft,
+    )?;
+    report::log_log_chart(
+        &out.join("topology_throughput.svg"),
+        "distlock cycles/s: one server, Redlock, Redis Cluster (servers on one CPU)",
+        "concurrent tasks",
+        "cycles / s",
+        &report::throughput_series(&r.topologies),
         SeriesLabelPosition::UpperLeft,
     )?;
 

@@ -29,6 +29,11 @@ pub fn latency(samples: &mut [Duration]) -> Latency {
     }
 }
 
+/// The name that task `task` of a [`cycles`] run of the row `label` locks.
+pub fn cycle_name(label: &str, task: usize) -> String {
+    format!("cmp:cycle:{label}:{task}")
+}
+
 /// `tasks` tasks run acquire + release on a name of their own, back to back,
 /// for `warm_up` (not recorded) and then `measure`; every cycle's latency is
 /// recorded, throughput is cycles completed in the measured window per second.
@@ -44,7 +49,7 @@ pub async fn cycles(
         .map(|task| {
             let cycler = Arc::clone(&cycler);
             tokio::spawn(async move {
-                let name = format!("cmp:cycle:{}:{task}", cycler.label());
+                let name = cycle_name(cycler.label(), task);
                 let mut samples = Vec::with_capacity(4096);
                 loop {
                     let t0 = Instant::now();

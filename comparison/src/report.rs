@@ -8,6 +8,9 @@ use plotters::prelude::*;
 
 use crate::results::{CycleResult, Results};
 
+/// The row section 6 compares the others with.
+const ONE_SERVER: &str = "RedisLock, 1 server";
+
 /// Line colours that stay apart on white.
 const COLORS: [RGBColor; 9] = [
     RGBColor(214, 39, 40),
@@ -197,6 +200,69 @@ pub fn count(n: f64) -> String {
         out.push(c);
     }
     if whole < 0 { format!("-{out}") } else { out }
+}
+
+/// Cycles per second against tasks, one series per row of a cycle table.
+pub fn throughput_series(cycles: &[CycleResult]) -> Vec<Series> {
+    let mut series: Vec<Series> = Vec::new();
+    for c in cycles {
+        let name = format!("{} {}", c.backend, c.implementation);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points)) => points.push((c.tasks as f64, c.ops_per_sec)),
+            None => series.push((name, vec![(c.tasks as f64, c.ops_per_sec)])),
+        }
+    }
+    series
+}
+
+/// Names per cluster master, as `a / b / c`.
+pub fn spread(per_master: &[usize]) -> String {
+    per_master
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// Section 6 in numbers: each row against the one-server row, at 1 task
+/// (p50) and at the most tasks measured (cycles/s).
+fn topology_ratios(cycles: &[CycleResult]) -> String {
+    let Some(most) = cycles.iter().map(|c| c.tasks).max() else {
+        return String::new();
+    };
+    let find = |implementation: &str, tasks: usize| {
+        cycles
+            .iter()
+            .find(|c| c.implementation == implementation && c.tasks == tasks)
+    };
+    let (Some(base1), Some(base_most)) = (find(ONE_SERVER, 1), find(ONE_SERVER, most)) else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    let mut seen: Vec<&str> = vec![ONE_SERVER];
+    for c in cycles {
+        if seen.contains(&c.implementation.as_str()) {
+            continue;
+        }
+        seen.push(&c.implementation);
+        if let (Some(one), Some(many)) = (find(&c.implementation, 1), find(&c.implementation, most))
+            && base1.latency.p50_us > 0.0
+            && base_most.ops_per_sec > 0.0
+        {
+            parts.push(format!(
+                "{} {}: p50 at 1 task {:.2}× one server's, cycles/s at {most} tasks {:.2}×",
+                c.backend,
+                c.implementation,
+                one.latency.p50_us / base1.latency.p50_us,
+                many.ops_per_sec / base_most.ops_per_sec
+            ));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("In this run: {}.\n", parts.join("; "))
+    }
 }
 
 /// The side-by-side lock-cycle table (Markdown; also readable in a terminal).
@@ -401,7 +467,44 @@ pub fn markdown(r: &Results) -> String {
             }
         );
     }
-    md.push_str("\n![booking](booking.svg)\n");
+    md.push_str("\n![booking](booking.svg)\n\n");
+
+    let _ = writeln!(
+        md,
+        "## 6. Redlock and Redis Cluster against one server (lock cycle, uncontended)\n"
+    );
+    let _ = writeln!(
+        md,
+        "The cycle of section 1 (each task acquires and releases a name of its own, back to back; same tasks, same measuring code), \
+         through distlock with its defaults (wake-ups on), on fresh servers started for this section ({:.1} s to start 5 servers and form the cluster): \
+         `RedisLock, 1 server` is `lock_redis::RedisLock` on one redis-server, measured here beside the others as their baseline; \
+         `Redlock, N servers` is `lock_redis::Redlock` over N independent redis-servers (an acquire sends `SET NX PX` to all N at once and, \
+         once a majority granted, raises the fencing counter on that majority — a second round trip; a release deletes on every node and \
+         returns once a majority did); `Redis Cluster` is `RedisLock::connect_cluster` on a cluster of 3 masters without replicas \
+         (each acquire is one Lua script on the master of the name's slot; the cluster client keeps one multiplexed connection per master, \
+         the one-server client one connection). \
+         **All servers — the Redlock's 3 or 5 nodes and the cluster's 3 masters — share one core (CPU 0) on this VM, the client runs on CPU 1:** \
+         the nodes cannot work in parallel as they would on separate machines, so the Redlock and cluster throughput here is a lower bound, \
+         and their latency includes no network (loopback only; on a network every Redlock step waits for the slowest node of its majority).\n",
+        r.topology_start_secs
+    );
+    md.push_str(&cycle_table(&r.topologies));
+    md.push('\n');
+    md.push_str(&topology_ratios(&r.topologies));
+    if !r.cluster_spread.is_empty() {
+        md.push_str("\nWhere the cluster rows' names land (the lock key's slot, then the master serving it per `CLUSTER SLOTS`; names per master):\n\n");
+        for s in &r.cluster_spread {
+            let _ = writeln!(
+                md,
+                "- {} at {} task{}: {}",
+                s.implementation,
+                s.tasks,
+                if s.tasks == 1 { "" } else { "s" },
+                spread(&s.names_per_master)
+            );
+        }
+    }
+    md.push_str("\n![one server, Redlock, cluster](topology_throughput.svg)\n");
     md
 }
 
@@ -448,5 +551,37 @@ mod tests {
             "{table}"
         );
         assert!(lines[3].ends_with("| – |"), "{table}");
+    }
+
+    #[test]
+    fn topology_rows_are_compared_with_one_server() {
+        let row = |implementation: &str, tasks, p50_us, ops_per_sec| CycleResult {
+            implementation: implementation.to_owned(),
+            backend: "Redis".to_owned(),
+            tasks,
+            ops_per_sec,
+            latency: Latency {
+                samples: 1,
+                p50_us,
+                p99_us: p50_us,
+                max_us: p50_us,
+            },
+        };
+        let text = topology_ratios(&[
+            row(ONE_SERVER, 1, 200.0, 5000.0),
+            row(ONE_SERVER, 64, 1000.0, 40_000.0),
+            row("Redlock, 3 servers", 1, 500.0, 2000.0),
+            row("Redlock, 3 servers", 64, 4000.0, 10_000.0),
+        ]);
+        assert_eq!(
+            text,
+            "In this run: Redis Redlock, 3 servers: p50 at 1 task 2.50× one server's, \
+             cycles/s at 64 tasks 0.25×.\n"
+        );
+        assert_eq!(
+            topology_ratios(&[row("Redlock, 3 servers", 1, 1.0, 1.0)]),
+            ""
+        );
+        assert_eq!(spread(&[22, 19, 23]), "22 / 19 / 23");
     }
 }

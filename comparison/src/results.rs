@@ -124,6 +124,18 @@ pub struct BookingResult {
     pub lock_error: Option<String>,
 }
 
+/// How the cycle names of one Redis Cluster row spread over its masters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSpread {
+    /// The row's label (its names are `cmp:cycle:<label>:<task>`).
+    pub implementation: String,
+    /// Concurrent tasks: the names of tasks `0..tasks`.
+    pub tasks: usize,
+    /// How many of those names' keys land on each master (slot of the key,
+    /// then the master serving it per `CLUSTER SLOTS`), in master order.
+    pub names_per_master: Vec<usize>,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Results {
@@ -157,6 +169,14 @@ pub struct Results {
     pub booking_setup: String,
     /// Section 4.
     pub booking: Vec<BookingResult>,
+    /// Section 6: the uncontended cycle through distlock on one Redis
+    /// server, on Redlocks of 3 and 5 servers and on a 3-master Redis
+    /// Cluster.
+    pub topologies: Vec<CycleResult>,
+    /// Section 6: where the cluster rows' names land.
+    pub cluster_spread: Vec<ClusterSpread>,
+    /// Section 6: seconds to start the servers and to form the cluster.
+    pub topology_start_secs: f64,
     /// Wall time of the custom measurements, seconds.
     pub wall_secs: f64,
 }

@@ -31,7 +31,7 @@ pub trait LockBackend: Send + Sync + 'static {
     /// What a granted lock carries: enough to extend and release it.
     type Lease: Lease;
 
-    /// A short name for logs and metrics: `"redis"`, `"postgres"`, `"memory"`.
+    /// A short name for logs and metrics: `"redis"`, `"redlock"`, `"postgres"`, `"memory"`.
     fn kind(&self) -> &'static str;
 
     /// The largest TTL this backend accepts.

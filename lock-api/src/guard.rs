@@ -232,7 +232,7 @@ impl LockGuard {
         self.shared.fencing_token
     }
 
-    /// The backend that granted the lock: `"redis"`, `"postgres"`, `"memory"`, ….
+    /// The backend that granted the lock: `"redis"`, `"redlock"`, `"postgres"`, `"memory"`, ….
     pub fn backend(&self) -> &'static str {
         self.shared.kind
     }

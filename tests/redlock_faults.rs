@@ -297,9 +297,11 @@ impl Finished {
     }
 }
 
-/// The scenarios run one at a time: a killed node frees its port, and
-/// another scenario's server (or its cluster bus) could start on it while
-/// this one's clients still reconnect there.
+/// The scenarios run one at a time. Run together on two cores they failed
+/// now and then (a cluster move that outlasted its bound, acquires that
+/// outlasted their wait) — at the time the test kit could also hand a
+/// killed node's port to another scenario's server, which it no longer
+/// does; one at a time they have not failed.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Kills `kill` of `n` nodes once the workload is under way; the others

@@ -1,6 +1,7 @@
 //! Process plumbing shared by both servers: finding programs, /proc inspection,
 //! signals, bounded waits, logs and helper commands with a time limit.
 
+use std::collections::BTreeSet;
 use std::env;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom};
@@ -8,6 +9,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -151,13 +153,30 @@ pub(crate) fn signal_and_wait_stopped(pid: u32, sig: libc::c_int, stopped: bool)
 
 /// A free TCP port on 127.0.0.1 (free when we looked: someone may take it before
 /// the server binds it, hence [`PORT_ATTEMPTS`]).
+///
+/// Never the same port twice in one process: a server killed by one test
+/// frees its port, and its clients keep reconnecting there; were the port
+/// handed to another test's server, they would reach the wrong server.
 pub(crate) fn free_port() -> Result<u16, TestkitError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(io_error("could not reserve a free port on 127.0.0.1"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io_error("could not read the reserved port"))?;
-    Ok(addr.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..64 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(io_error("could not reserve a free port on 127.0.0.1"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io_error("could not read the reserved port"))?
+            .port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
+    Err(TestkitError::Other(
+        "the kernel offered only ports this process has used before".into(),
+    ))
 }
 
 /// Finds an executable `name` in the directories of `PATH`.

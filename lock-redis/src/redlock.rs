@@ -475,25 +475,36 @@ async fn gather<T: Send + 'static>(
     gave_up
 }
 
-/// One script call on one node, as a [`NodeCall`].
-fn call<T: redis::FromRedisValue + Send + 'static>(
-    i: usize,
-    node: Node,
-    op: &'static str,
-    script: &'static redis::Script,
-    keys: [String; 2],
-    args: Vec<Vec<u8>>,
-) -> NodeCall<T> {
-    Box::pin(async move {
-        let mut invocation = script.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        for arg in &args {
-            invocation.arg(&arg[..]);
-        }
-        (i, node.run(op, &invocation).await)
-    })
+impl Inner {
+    /// One call of `script` per node in `which`, on the lock key and its
+    /// counter, with `args(node)` as arguments.
+    fn calls<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        which: impl Iterator<Item = usize>,
+        op: &'static str,
+        script: &'static redis::Script,
+        key: &str,
+        args: impl Fn(&Member) -> Vec<Vec<u8>>,
+    ) -> Vec<NodeCall<T>> {
+        which
+            .map(|i| {
+                let member = &self.nodes[i];
+                let node = member.node.clone();
+                let keys = [key.to_owned(), fence_key(key)];
+                let args = args(member);
+                Box::pin(async move {
+                    let mut invocation = script.prepare_invoke();
+                    for key in &keys {
+                        invocation.key(key);
+                    }
+                    for arg in &args {
+                        invocation.arg(&arg[..]);
+                    }
+                    (i, node.run(op, &invocation).await)
+                }) as NodeCall<T>
+            })
+            .collect()
+    }
 }
 
 /// What a node said to the first step.
@@ -543,29 +554,16 @@ impl LockBackend for Redlock {
             state: State::MaybeHeld,
             on: vec![OnNode::Maybe; total],
         };
-        let keys = [lease.key.clone(), fence_key(&lease.key)];
 
         // Step 1: SET NX PX on every node; decided once a majority granted,
         // or once a majority can no longer grant.
-        let calls = inner
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, member)| {
-                let args = vec![
+        let calls =
+            inner.calls::<(i64, i64)>(0..total, "acquire", &REDLOCK_ACQUIRE, &lease.key, |_| {
+                vec![
                     lease.token.to_vec(),
                     millis_ceil(ttl).to_string().into_bytes(),
-                ];
-                call::<(i64, i64)>(
-                    i,
-                    member.node.clone(),
-                    "acquire",
-                    &REDLOCK_ACQUIRE,
-                    keys.clone(),
-                    args,
-                )
-            })
-            .collect();
+                ]
+            });
         let mut granted: Vec<(usize, u64)> = Vec::new();
         let mut held: Vec<i64> = Vec::new();
         let mut votes = Tally::new(total, inner.quorum);
@@ -624,20 +622,13 @@ impl LockBackend for Redlock {
             .max()
             .unwrap_or(0)
             .saturating_add(1);
-        let calls = granted
-            .iter()
-            .map(|&(i, _)| {
-                let args = vec![lease.token.to_vec(), fencing_token.to_string().into_bytes()];
-                call::<i64>(
-                    i,
-                    inner.nodes[i].node.clone(),
-                    "fence",
-                    &REDLOCK_FENCE,
-                    keys.clone(),
-                    args,
-                )
-            })
-            .collect();
+        let calls = inner.calls::<i64>(
+            granted.iter().map(|&(i, _)| i),
+            "fence",
+            &REDLOCK_FENCE,
+            &lease.key,
+            |_| vec![lease.token.to_vec(), fencing_token.to_string().into_bytes()],
+        );
         // A TTL within the drift allowance (a few ms) can never leave a
         // positive validity, and its keys may expire between the two steps:
         // it is granted when a majority answered, with a guard born expired,
@@ -748,27 +739,13 @@ impl fmt::Debug for RedlockLease {
 }
 
 impl RedlockLease {
-    fn keys(&self) -> [String; 2] {
-        [self.key.clone(), fence_key(&self.key)]
-    }
-
     /// Calls that delete our key from nodes `which`, publishing the release
     /// where it was waited for.
     fn release_calls(&self, which: impl Iterator<Item = usize>) -> Vec<NodeCall<i64>> {
-        which
-            .map(|i| {
-                let member = &self.inner.nodes[i];
-                let args = vec![self.token.to_vec(), member.channel.clone().into_bytes()];
-                call::<i64>(
-                    i,
-                    member.node.clone(),
-                    "release",
-                    &RELEASE,
-                    self.keys(),
-                    args,
-                )
+        self.inner
+            .calls(which, "release", &RELEASE, &self.key, |member| {
+                vec![self.token.to_vec(), member.channel.clone().into_bytes()]
             })
-            .collect()
     }
 
     /// The nodes where our key may be.
@@ -813,27 +790,13 @@ impl Lease for RedlockLease {
         }
         let inner = self.inner.clone();
         let total = inner.nodes.len();
-        let keys = self.keys();
-        let calls = inner
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, member)| {
-                let args = vec![
-                    self.token.to_vec(),
-                    millis_ceil(ttl).to_string().into_bytes(),
-                    self.fencing_token.to_string().into_bytes(),
-                ];
-                call::<i64>(
-                    i,
-                    member.node.clone(),
-                    "extend",
-                    &REDLOCK_EXTEND,
-                    keys.clone(),
-                    args,
-                )
-            })
-            .collect();
+        let calls = inner.calls::<i64>(0..total, "extend", &REDLOCK_EXTEND, &self.key, |_| {
+            vec![
+                self.token.to_vec(),
+                millis_ceil(ttl).to_string().into_bytes(),
+                self.fencing_token.to_string().into_bytes(),
+            ]
+        });
         let mut answers = Tally::new(total, inner.quorum);
         let on = &mut self.on;
         gather(calls, None, |i, answer| {

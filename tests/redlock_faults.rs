@@ -203,11 +203,21 @@ impl Running {
     }
 
     /// Waits (bounded) until `more` cycles beyond `from` have completed.
+    ///
+    /// When they do not, the panic lists the calls that failed so far.
     async fn cycles_reach(&self, from: usize, more: usize, what: &str) {
         let mut cycles = self.cycles.subscribe();
-        within(PHASE_LIMIT, what, cycles.wait_for(|&n| n >= from + more))
-            .await
-            .expect("the workload runs");
+        let reached = tokio::time::timeout(PHASE_LIMIT, cycles.wait_for(|&n| n >= from + more));
+        if reached.await.is_err() {
+            let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            panic!(
+                "{what} did not finish within {PHASE_LIMIT:?}: {} of {more} cycles at {:.3}s; \
+                 failed calls so far:\n{}",
+                self.cycles().saturating_sub(from),
+                self.started.elapsed().as_secs_f64(),
+                describe(self.started, failures.iter())
+            );
+        }
     }
 
     /// Waits (bounded) until `check` holds for the failures so far.
@@ -281,20 +291,26 @@ impl Finished {
 
     /// One line per failure, with times relative to the start of the run.
     fn describe<'a>(&self, failures: impl IntoIterator<Item = &'a Failure>) -> String {
-        failures
-            .into_iter()
-            .map(|f| {
-                format!(
-                    "  client {} {} {:.3}s..{:.3}s: {}\n",
-                    f.client,
-                    f.op,
-                    self.at(f.invoked),
-                    self.at(f.returned),
-                    f.error
-                )
-            })
-            .collect()
+        describe(self.started, failures)
     }
+}
+
+/// One line per failure, with times relative to `started`.
+fn describe<'a>(started: Instant, failures: impl IntoIterator<Item = &'a Failure>) -> String {
+    let at = |t: Instant| t.saturating_duration_since(started).as_secs_f64();
+    failures
+        .into_iter()
+        .map(|f| {
+            format!(
+                "  client {} {} {:.3}s..{:.3}s: {}\n",
+                f.client,
+                f.op,
+                at(f.invoked),
+                at(f.returned),
+                f.error
+            )
+        })
+        .collect()
 }
 
 /// The scenarios run one at a time. Run together on two cores they failed

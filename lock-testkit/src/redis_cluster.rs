@@ -347,7 +347,9 @@ impl RedisCluster {
     /// the target, `MIGRATING` on the source, `MIGRATE` of every key, then
     /// `CLUSTER SETSLOT NODE` on every master. Returns when every master's
     /// `CLUSTER SLOTS` names the new owner, so a client that cached the old
-    /// map gets `MOVED` from the old owner on its next command for the slot.
+    /// map gets `MOVED` from the old owner on its next command for the slot,
+    /// and every master knows every master's config epoch, so the slot can
+    /// be moved again at once.
     ///
     /// A no-op when `to` already serves the slot. Every master must be running.
     pub fn migrate_slot(&self, slot: u16, to: usize) -> Result<(), TestkitError> {
@@ -425,8 +427,14 @@ impl RedisCluster {
             )?;
         }
 
-        let timeout = DEFAULT_READY_TIMEOUT;
-        self.wait_for(timeout, |cluster| {
+        // Every master names the new owner, and every master knows every
+        // master's new config epoch. Until the epochs have spread, a gossip
+        // message the old owner sent before it let go of the slot still wins
+        // over the new owner's claim wherever the new owner's old, lower
+        // epoch is known, and hands the slot back to the old owner there; a
+        // slot moved again before that can end with two masters each
+        // sending clients to the other.
+        self.wait_for(DEFAULT_READY_TIMEOUT, |cluster| {
             for node in &cluster.nodes {
                 let owner = cluster.owner_seen_by(node.port(), slot)?;
                 if owner != to {
@@ -436,14 +444,15 @@ impl RedisCluster {
                     )));
                 }
             }
-            Ok(Ok(()))
+            Ok(cluster.epochs_settled())
         })
     }
 
     /// Waits up to `timeout` until every master reports `cluster_state:ok`,
     /// knows every other master, and shows the same complete map of the 16384
     /// slots in `CLUSTER SLOTS`, with every slot served by one of these
-    /// masters. Use it after restarting a node, to wait for it to rejoin.
+    /// masters, and the same config epoch of every master (no two alike).
+    /// Use it after restarting a node, to wait for it to rejoin.
     ///
     /// Fails with [`TestkitError::NotReady`] (naming what was still wrong and
     /// showing that node's log) when the time runs out.
@@ -482,7 +491,7 @@ impl RedisCluster {
                     Some(_) => {}
                 }
             }
-            Ok(Ok(()))
+            Ok(cluster.epochs_settled())
         })
     }
 
@@ -518,6 +527,74 @@ impl RedisCluster {
             thread::sleep(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// `Ok(())` when every master reports the same config epoch for every
+    /// master, and no two masters share one; otherwise the first node that
+    /// disagrees and why.
+    fn epochs_settled(&self) -> Result<(), (u16, String)> {
+        let mut first: Option<Vec<u64>> = None;
+        for node in &self.nodes {
+            let port = node.port();
+            let epochs = self
+                .config_epochs(port)
+                .map_err(|e| (port, e.to_string()))?;
+            let mut sorted = epochs.clone();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err((
+                    port,
+                    format!("two masters share a config epoch: {epochs:?}"),
+                ));
+            }
+            match &first {
+                None => first = Some(epochs),
+                Some(seen) if *seen != epochs => {
+                    return Err((
+                        port,
+                        format!("config epochs {epochs:?}, another master sees {seen:?}"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The config epoch of each master (in master order) as the node on
+    /// `port` knows it, from `CLUSTER NODES`.
+    fn config_epochs(&self, port: u16) -> Result<Vec<u64>, TestkitError> {
+        let reply = command(port, &["CLUSTER", "NODES"])?;
+        let Reply::Bulk(Some(text)) = &reply else {
+            return Err(unexpected(port, "CLUSTER NODES", &reply));
+        };
+        let text = String::from_utf8_lossy(text);
+        let mut epochs = vec![None; self.ids.len()];
+        for line in text.lines() {
+            // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(id), Some(epoch)) = (fields.first(), fields.get(6)) else {
+                continue;
+            };
+            let Some(i) = self.ids.iter().position(|known| known == id) else {
+                continue;
+            };
+            let epoch = epoch.parse::<u64>().map_err(|_| {
+                TestkitError::Other(format!(
+                    "127.0.0.1:{port}: CLUSTER NODES has config epoch {epoch:?} for {id}"
+                ))
+            })?;
+            epochs[i] = Some(epoch);
+        }
+        epochs
+            .into_iter()
+            .zip(&self.ids)
+            .map(|(epoch, id)| {
+                epoch.ok_or_else(|| {
+                    TestkitError::Other(format!("127.0.0.1:{port} does not know master {id}"))
+                })
+            })
+            .collect()
     }
 
     /// `CLUSTER SLOTS` of the node on `port`, as sorted `(first, last, master

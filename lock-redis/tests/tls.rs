@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use lock_api::{DistributedLock, LockError};
 use lock_redis::RedisLock;
-use lock_testkit::{RedisOptions, RedisServer, TestCertificates};
+use lock_testkit::{
+    RedisCluster, RedisClusterOptions, RedisOptions, RedisServer, TestCertificates,
+};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -104,6 +106,86 @@ async fn a_redlock_over_three_tls_servers() {
     .await
     .expect("bounded")
     .expect_err("untrusted certificates must not connect");
+    assert!(
+        matches!(err, LockError::Connection(_) | LockError::Backend(_)),
+        "{err:?}"
+    );
+}
+
+/// A cluster over TLS (`rediss+cluster://`): the client learns the TLS ports
+/// from a seed, reaches every master with the private CA, follows a slot
+/// moved under a held lock, and refuses the cluster without the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_a_private_ca() {
+    let certs = TestCertificates::generate().expect("a throwaway CA");
+    let cluster =
+        RedisCluster::start_with(RedisClusterOptions::new().tls(&certs)).expect("a TLS cluster");
+    let url = cluster.tls_cluster_url().expect("TLS ports");
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let ca = certs.ca_pem().expect("read CA");
+    let connect = || {
+        RedisLock::options()
+            .tls_root_certificate(ca.clone())
+            .connect(&url)
+    };
+    let (a, b) = (connect().await.expect("TLS"), connect().await.expect("TLS"));
+    assert!(a.is_cluster());
+
+    // One name on each master, each exclusive across the two clients.
+    let base = format!("tls-cluster:{:016x}", rand::random::<u64>());
+    let slot_of = |name: &str| RedisCluster::key_slot(&format!("distlock:{{{name}}}"));
+    let mut names: Vec<Option<String>> = vec![None; cluster.masters().len()];
+    for i in 0.. {
+        if names.iter().all(Option::is_some) {
+            break;
+        }
+        let name = format!("{base}:{i}");
+        let owner = cluster.node_for_slot(slot_of(&name)).expect("owner");
+        names[owner].get_or_insert(name);
+    }
+    let names: Vec<String> = names.into_iter().flatten().collect();
+    let mut guards = Vec::new();
+    for name in &names {
+        let guard = a
+            .acquire(name, TTL, Duration::ZERO)
+            .await
+            .expect("acquire over TLS");
+        assert!(
+            b.try_acquire(name, TTL).await.expect("try").is_none(),
+            "{name} is held"
+        );
+        guards.push(guard);
+    }
+
+    // The first name's slot moves under its held lock: extend and release
+    // follow MOVED to the new master, over TLS.
+    let slot = slot_of(&names[0]);
+    let to = (cluster.node_for_slot(slot).expect("owner") + 1) % cluster.masters().len();
+    cluster.migrate_slot(slot, to).expect("migrate the slot");
+    for guard in &mut guards {
+        guard.extend(TTL).await.expect("extend over TLS");
+    }
+    for guard in guards {
+        guard.release().await.expect("release over TLS");
+    }
+    let again = b
+        .acquire(&names[0], TTL, Duration::ZERO)
+        .await
+        .expect("free again on its new master");
+    assert_eq!(again.fencing_token(), 2, "the counter moved with the slot");
+    again.release().await.expect("release");
+
+    // Without the CA the seeds are not trusted: a typed error in bounded
+    // time, not a hang.
+    let untrusted = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisLock::options()
+            .connect_timeout(Duration::from_secs(2))
+            .connect(&url),
+    )
+    .await
+    .expect("bounded");
+    let err = untrusted.expect_err("an untrusted cluster must not connect");
     assert!(
         matches!(err, LockError::Connection(_) | LockError::Backend(_)),
         "{err:?}"

@@ -16,6 +16,7 @@ use crate::error::{TestkitError, io_error};
 use crate::exit_cleanup;
 use crate::process::{self, PORT_ATTEMPTS, free_port};
 use crate::redis_server::{RedisOptions, RedisServer};
+use crate::tls::TestCertificates;
 
 const CLI: &str = "redis-cli";
 const CLUSTER: &str = "redis-cluster";
@@ -54,11 +55,12 @@ impl RedisServer {
 }
 
 /// Runs `start(i)` for `i` in `0..n` on `n` threads; all servers or none.
-fn start_concurrently<F>(n: usize, start: F) -> Result<Vec<RedisServer>, TestkitError>
+fn start_concurrently<T, F>(n: usize, start: F) -> Result<Vec<T>, TestkitError>
 where
-    F: Fn(usize) -> Result<RedisServer, TestkitError> + Sync,
+    T: Send,
+    F: Fn(usize) -> Result<T, TestkitError> + Sync,
 {
-    let results: Vec<Result<RedisServer, TestkitError>> = thread::scope(|scope| {
+    let results: Vec<Result<T, TestkitError>> = thread::scope(|scope| {
         let start = &start;
         let handles: Vec<_> = (0..n)
             .map(|i| {
@@ -91,6 +93,15 @@ pub struct RedisClusterOptions {
     node_timeout: Duration,
     ready_timeout: Duration,
     node_options: RedisOptions,
+    tls: Option<TlsFiles>,
+}
+
+/// Where a TLS cluster's nodes find their certificate, key and CA.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: String,
+    key: String,
+    ca: String,
 }
 
 impl Default for RedisClusterOptions {
@@ -100,6 +111,7 @@ impl Default for RedisClusterOptions {
             node_timeout: DEFAULT_NODE_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             node_options: RedisOptions::default(),
+            tls: None,
         }
     }
 }
@@ -139,6 +151,23 @@ impl RedisClusterOptions {
         self.node_options = options;
         self
     }
+
+    /// Serves TLS too, with `certs`' server certificate: every node also
+    /// listens on a TLS port of its own, and the nodes talk to each other
+    /// over TLS (`tls-cluster yes`), so a client connected by TLS is sent to
+    /// the TLS ports (see [`RedisCluster::tls_seed_urls`]). The plain ports
+    /// stay open for the kit's own probes. Client certificates are not asked
+    /// for. `certs` must outlive the cluster: nodes read the files again
+    /// when they restart.
+    pub fn tls(mut self, certs: &TestCertificates) -> Self {
+        let path = |file: std::path::PathBuf| file.display().to_string();
+        self.tls = Some(TlsFiles {
+            cert: path(certs.server_cert()),
+            key: path(certs.server_key()),
+            ca: path(certs.ca_cert()),
+        });
+        self
+    }
 }
 
 /// A Redis Cluster of masters (no replicas) on free loopback ports, formed and
@@ -174,6 +203,8 @@ impl RedisClusterOptions {
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     ids: Vec<String>,
+    /// Each master's TLS port, when the cluster serves TLS.
+    tls_ports: Option<Vec<u16>>,
 }
 
 static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
@@ -211,9 +242,15 @@ impl RedisCluster {
         }
         let cli = find_cli()?;
         let node_timeout_ms = options.node_timeout.as_millis().max(1).to_string();
-        let nodes = start_concurrently(options.masters, |_| {
-            start_node(&options.node_options, &node_timeout_ms)
+        let started = start_concurrently(options.masters, |_| {
+            start_node(
+                &options.node_options,
+                options.tls.as_ref(),
+                &node_timeout_ms,
+            )
         })?;
+        let (nodes, tls_ports): (Vec<RedisServer>, Vec<Option<u16>>) = started.into_iter().unzip();
+        let tls_ports = tls_ports.into_iter().collect::<Option<Vec<u16>>>();
 
         let mut create = Command::new(&cli);
         create.args(["--cluster", "create"]);
@@ -232,7 +269,11 @@ impl RedisCluster {
                 other => Err(unexpected(node.port(), "CLUSTER MYID", &other)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let cluster = Self { nodes, ids };
+        let cluster = Self {
+            nodes,
+            ids,
+            tls_ports,
+        };
         cluster.wait_ready(options.ready_timeout)?;
         Ok(cluster)
     }
@@ -282,6 +323,30 @@ impl RedisCluster {
     /// `redis://127.0.0.1:<port>/` for each master.
     pub fn seed_urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` for each master, when the cluster
+    /// was started with [`RedisClusterOptions::tls`]; `None` otherwise.
+    pub fn tls_seed_urls(&self) -> Option<Vec<String>> {
+        let ports = self.tls_ports.as_ref()?;
+        Some(
+            ports
+                .iter()
+                .map(|port| format!("rediss://127.0.0.1:{port}/"))
+                .collect(),
+        )
+    }
+
+    /// `rediss+cluster://127.0.0.1:<t1>,127.0.0.1:<t2>,.../`: every master's
+    /// TLS port as a seed, when the cluster was started with
+    /// [`RedisClusterOptions::tls`]; `None` otherwise.
+    pub fn tls_cluster_url(&self) -> Option<String> {
+        let ports = self.tls_ports.as_ref()?;
+        let hosts: Vec<String> = ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        Some(format!("rediss+cluster://{}/", hosts.join(",")))
     }
 
     /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,.../`: every master as a seed.
@@ -366,6 +431,9 @@ impl RedisCluster {
         }
         let slot_arg = slot.to_string();
         let (src, dst) = (self.nodes[from].port(), self.nodes[to].port());
+        // With `tls-cluster yes` a node's MIGRATE speaks TLS: it must go to
+        // the target's TLS port.
+        let migrate_port = self.tls_ports.as_ref().map_or(dst, |ports| ports[to]);
         expect_ok(
             dst,
             &[
@@ -382,7 +450,7 @@ impl RedisCluster {
         )?;
 
         let batch = MIGRATE_BATCH.to_string();
-        let dst_port = dst.to_string();
+        let dst_port = migrate_port.to_string();
         loop {
             let keys = match command(src, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, &batch])? {
                 Reply::Array(Some(keys)) => keys,
@@ -649,21 +717,37 @@ impl RedisCluster {
     }
 }
 
-/// Starts one cluster node; its bus port is chosen here, and chosen again when
-/// someone else took it.
-fn start_node(base: &RedisOptions, node_timeout_ms: &str) -> Result<RedisServer, TestkitError> {
+/// Starts one cluster node; its bus port (and TLS port) is chosen here, and
+/// chosen again when someone else took it. Returns the node and its TLS port.
+fn start_node(
+    base: &RedisOptions,
+    tls: Option<&TlsFiles>,
+    node_timeout_ms: &str,
+) -> Result<(RedisServer, Option<u16>), TestkitError> {
     let mut attempt = 1;
     loop {
         let bus_port = free_port()?;
-        let options = base
+        let mut options = base
             .clone()
             .config("cluster-enabled", "yes")
             .config("cluster-config-file", "nodes.conf")
             .config("cluster-node-timeout", node_timeout_ms)
             .config("cluster-port", bus_port.to_string());
+        let mut tls_port = None;
+        if let Some(files) = tls {
+            let port = free_port()?;
+            tls_port = Some(port);
+            options = options
+                .config("tls-port", port.to_string())
+                .config("tls-cert-file", files.cert.as_str())
+                .config("tls-key-file", files.key.as_str())
+                .config("tls-ca-cert-file", files.ca.as_str())
+                .config("tls-auth-clients", "no")
+                .config("tls-cluster", "yes");
+        }
         match RedisServer::start_with(options) {
             Err(e) if e.is_port_in_use() && attempt < PORT_ATTEMPTS => attempt += 1,
-            result => return result,
+            result => return result.map(|server| (server, tls_port)),
         }
     }
 }

@@ -18,7 +18,9 @@ const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A new CA and a server certificate it signed for `localhost` and
 /// `127.0.0.1`, valid for two days, in a private directory that goes away
-/// with the value.
+/// with the value. The certificate serves both ends of a TLS link (server
+/// and client authentication), as a Redis Cluster node's does: the nodes
+/// present it to each other on the cluster bus.
 ///
 /// Readable by the PostgreSQL server (the files belong to the user it runs
 /// as; the key is mode 0600, as PostgreSQL insists). Start a server with
@@ -107,7 +109,7 @@ impl TestCertificates {
         fs::write(
             &extensions,
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .map_err(io_error(format!(
             "could not write {}",

@@ -1,6 +1,7 @@
 //! RedisLock on a real 3-master Redis Cluster: the lock-api conformance
 //! suite, names spread over every master, connecting by seeds or URL,
-//! wake-ups across nodes, and a slot moved under a held lock (`MOVED`).
+//! wake-ups across nodes, a slot moved under a held lock (`MOVED`), a master
+//! down, and a master failed over to its replica.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use lock_api::conformance::Fixture;
 use lock_api::{Backoff, DistributedLock, LockError};
 use lock_redis::{RedisLock, RedisLockOptions};
-use lock_testkit::RedisCluster;
+use lock_testkit::{RedisCluster, RedisClusterOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 const LIMIT: Duration = Duration::from_secs(20);
@@ -254,4 +255,74 @@ async fn a_master_down_is_a_connection_error_until_it_is_back() {
         .expect("bounded")
         .expect("served again once the master is back");
     guard.release().await.expect("released");
+}
+
+/// A master dies and its replica takes over. A lock that had reached the
+/// replica is still held there: its guard extends and releases on the new
+/// master, the other client is kept out, and the fencing counter carries
+/// on. The old master, restarted, comes back as a replica and does not
+/// bring its stale copy of the lock back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_replica_keeps_a_replicated_lock() {
+    // Long enough to outlast the failover (node timeout, election, rejoin).
+    const HELD: Duration = Duration::from_secs(60);
+    let mut cluster = RedisCluster::start_with(
+        RedisClusterOptions::new()
+            .replicas(1)
+            .node_timeout(Duration::from_secs(1)),
+    )
+    .expect("a cluster with a replica per master");
+    let seeds = cluster.seed_urls();
+    let a = RedisLock::connect_cluster(&seeds).await.expect("connect");
+    let b = RedisLock::connect_cluster(&seeds)
+        .await
+        .expect("connect a second client");
+    let name = "failover";
+    let owner = cluster
+        .node_for_slot(RedisCluster::key_slot("distlock:{failover}"))
+        .expect("owner");
+    let first = a.try_acquire(name, HELD).await.expect("try").expect("free");
+    assert_eq!(first.fencing_token(), 1);
+    first.release().await.expect("released");
+    let mut guard = a.try_acquire(name, HELD).await.expect("try").expect("free");
+    assert_eq!(guard.fencing_token(), 2);
+    cluster
+        .wait_replicated(owner, LIMIT)
+        .expect("the replica has the lock");
+
+    cluster.node_mut(owner).kill().expect("kill the master");
+    cluster
+        .wait_failover(owner, LIMIT)
+        .expect("its replica takes over");
+    tokio::time::timeout(LIMIT, async {
+        guard
+            .extend(HELD)
+            .await
+            .expect("extended on the new master");
+        assert!(
+            b.try_acquire(name, HELD).await.expect("try").is_none(),
+            "still held after the failover"
+        );
+        guard.release().await.expect("released on the new master");
+        let next = b.try_acquire(name, HELD).await.expect("try").expect("free");
+        assert_eq!(next.fencing_token(), 3, "the counter survived the failover");
+        next.release().await.expect("released");
+    })
+    .await
+    .expect("bounded");
+
+    cluster
+        .replica_mut(owner, 0)
+        .restart()
+        .expect("restart the old master");
+    cluster
+        .wait_ready(LIMIT)
+        .expect("the old master rejoins as a replica");
+    let again = tokio::time::timeout(LIMIT, a.try_acquire(name, HELD))
+        .await
+        .expect("bounded")
+        .expect("try")
+        .expect("free: the old master's copy did not come back");
+    assert_eq!(again.fencing_token(), 4);
+    again.release().await.expect("released");
 }

@@ -1,6 +1,6 @@
 //! Several `redis-server`s at once: independent ones (the nodes of a Redlock)
-//! and a Redis Cluster of masters, with the slot moves a cluster client must
-//! survive.
+//! and a Redis Cluster of masters, optionally with replicas, with the slot
+//! moves and failovers a cluster client must survive.
 //!
 //! The cluster is formed by `redis-cli --cluster create`, then checked and
 //! steered over raw RESP on a `TcpStream`, so the kit needs no Redis client.
@@ -94,6 +94,7 @@ pub struct RedisClusterOptions {
     ready_timeout: Duration,
     node_options: RedisOptions,
     tls: Option<TlsFiles>,
+    replicas: usize,
 }
 
 /// Where a TLS cluster's nodes find their certificate, key and CA.
@@ -112,6 +113,7 @@ impl Default for RedisClusterOptions {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             node_options: RedisOptions::default(),
             tls: None,
+            replicas: 0,
         }
     }
 }
@@ -157,8 +159,9 @@ impl RedisClusterOptions {
     /// over TLS (`tls-cluster yes`), so a client connected by TLS is sent to
     /// the TLS ports (see [`RedisCluster::tls_seed_urls`]). The plain ports
     /// stay open for the kit's own probes. Client certificates are not asked
-    /// for. `certs` must outlive the cluster: nodes read the files again
-    /// when they restart.
+    /// for from clients (the nodes present theirs to each other on the
+    /// cluster bus; the kit's certificate serves both ends). `certs` must
+    /// outlive the cluster: nodes read the files again when they restart.
     pub fn tls(mut self, certs: &TestCertificates) -> Self {
         let path = |file: std::path::PathBuf| file.display().to_string();
         self.tls = Some(TlsFiles {
@@ -168,11 +171,21 @@ impl RedisClusterOptions {
         });
         self
     }
+
+    /// How many replicas each master gets (default 0). A replica takes over
+    /// its master's slots when the master fails (see
+    /// [`RedisCluster::wait_failover`]); replication is asynchronous, so
+    /// [`RedisCluster::wait_replicated`] tells when a replica has caught up.
+    pub fn replicas(mut self, per_master: usize) -> Self {
+        self.replicas = per_master;
+        self
+    }
 }
 
-/// A Redis Cluster of masters (no replicas) on free loopback ports, formed and
-/// stable when [`start`](Self::start) returns: every node reports
-/// `cluster_state:ok` and the same map of all 16384 slots.
+/// A Redis Cluster of masters on free loopback ports, by default without
+/// replicas ([`RedisClusterOptions::replicas`] adds them), formed and stable
+/// when [`start`](Self::start) returns: every node reports `cluster_state:ok`
+/// and the same map of all 16384 slots, and every replica is in sync.
 ///
 /// Each node is a [`RedisServer`] with its own directory, which holds its
 /// `nodes.conf`: a node that is [killed](RedisServer::kill) and
@@ -205,6 +218,17 @@ pub struct RedisCluster {
     ids: Vec<String>,
     /// Each master's TLS port, when the cluster serves TLS.
     tls_ports: Option<Vec<u16>>,
+    replicas: Vec<Replica>,
+}
+
+/// A replica node: its server, cluster id and TLS port, and the index of
+/// the master it follows.
+#[derive(Debug)]
+struct Replica {
+    of: usize,
+    server: RedisServer,
+    id: String,
+    tls_port: Option<u16>,
 }
 
 static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
@@ -226,8 +250,9 @@ impl RedisCluster {
     }
 
     /// Starts the nodes concurrently, forms the cluster with
-    /// `redis-cli --cluster create ... --cluster-replicas 0`, and waits until
-    /// every node reports `cluster_state:ok` and the same complete slot map.
+    /// `redis-cli --cluster create ... --cluster-replicas <n>`, and waits until
+    /// every node reports `cluster_state:ok` and the same complete slot map,
+    /// and every replica's link to its master is up.
     ///
     /// Fails with [`TestkitError::NotInstalled`] when `redis-server` or
     /// `redis-cli` is not on `PATH`, and with [`TestkitError::NotReady`] when
@@ -242,37 +267,72 @@ impl RedisCluster {
         }
         let cli = find_cli()?;
         let node_timeout_ms = options.node_timeout.as_millis().max(1).to_string();
-        let started = start_concurrently(options.masters, |_| {
+        let total = options.masters * (1 + options.replicas);
+        let started = start_concurrently(total, |_| {
             start_node(
                 &options.node_options,
                 options.tls.as_ref(),
                 &node_timeout_ms,
             )
         })?;
-        let (nodes, tls_ports): (Vec<RedisServer>, Vec<Option<u16>>) = started.into_iter().unzip();
-        let tls_ports = tls_ports.into_iter().collect::<Option<Vec<u16>>>();
 
         let mut create = Command::new(&cli);
         create.args(["--cluster", "create"]);
         create.args(
-            nodes
+            started
                 .iter()
-                .map(|node| format!("127.0.0.1:{}", node.port())),
+                .map(|(node, _)| format!("127.0.0.1:{}", node.port())),
         );
-        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let replicas = options.replicas.to_string();
+        create.args(["--cluster-replicas", &replicas, "--cluster-yes"]);
         process::run_checked(create, CREATE_TIMEOUT)?;
 
-        let ids = nodes
-            .iter()
-            .map(|node| match command(node.port(), &["CLUSTER", "MYID"])? {
-                Reply::Bulk(Some(id)) => Ok(String::from_utf8_lossy(&id).into_owned()),
-                other => Err(unexpected(node.port(), "CLUSTER MYID", &other)),
+        // redis-cli chooses which nodes serve and which follow: ask each.
+        let (mut nodes, mut ids, mut tls_ports) = (Vec::new(), Vec::new(), Vec::new());
+        let mut followers = Vec::new();
+        for (server, tls_port) in started {
+            let (id, master) = role(server.port())?;
+            match master {
+                None => {
+                    nodes.push(server);
+                    ids.push(id);
+                    tls_ports.push(tls_port);
+                }
+                Some(master) => followers.push((server, id, tls_port, master)),
+            }
+        }
+        let replicas = followers
+            .into_iter()
+            .map(|(server, id, tls_port, master)| {
+                let of = ids
+                    .iter()
+                    .position(|known| *known == master)
+                    .ok_or_else(|| {
+                        TestkitError::Other(format!(
+                            "127.0.0.1:{} replicates {master}, which is not a master",
+                            server.port()
+                        ))
+                    })?;
+                Ok(Replica {
+                    of,
+                    server,
+                    id,
+                    tls_port,
+                })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, TestkitError>>()?;
+        if nodes.len() != options.masters {
+            return Err(TestkitError::Other(format!(
+                "redis-cli made {} masters, not {}",
+                nodes.len(),
+                options.masters
+            )));
+        }
         let cluster = Self {
             nodes,
             ids,
-            tls_ports,
+            tls_ports: tls_ports.into_iter().collect(),
+            replicas,
         };
         cluster.wait_ready(options.ready_timeout)?;
         Ok(cluster)
@@ -318,6 +378,106 @@ impl RedisCluster {
     /// When `i` is not below the number of masters, like slice indexing.
     pub fn node_id(&self, i: usize) -> &str {
         &self.ids[i]
+    }
+
+    /// The replicas of master `i` (none unless started with
+    /// [`RedisClusterOptions::replicas`]).
+    pub fn replicas_of(&self, i: usize) -> impl Iterator<Item = &RedisServer> {
+        self.replicas
+            .iter()
+            .filter(move |replica| replica.of == i)
+            .map(|replica| &replica.server)
+    }
+
+    /// The `n`th replica of master `i`, for fault handles; after
+    /// [`wait_failover`](Self::wait_failover), the old master is the last
+    /// replica of the master that replaced it, and once
+    /// [restarted](RedisServer::restart) rejoins as its replica (see
+    /// [`wait_ready`](Self::wait_ready)).
+    ///
+    /// # Panics
+    ///
+    /// When master `i` has no `n`th replica, like slice indexing.
+    pub fn replica_mut(&mut self, i: usize, n: usize) -> &mut RedisServer {
+        let count = self.replicas_of(i).count();
+        let replica = self
+            .replicas
+            .iter_mut()
+            .filter(|replica| replica.of == i)
+            .nth(n)
+            .unwrap_or_else(|| panic!("master {i} has {count} replicas, not a replica {n}"));
+        &mut replica.server
+    }
+
+    /// Waits up to `timeout` until every running replica of master `i` has
+    /// applied everything master `i` had written when this was called
+    /// (`master_repl_offset` against each replica's `slave_repl_offset`), so
+    /// a failover now loses none of it.
+    pub fn wait_replicated(&self, i: usize, timeout: Duration) -> Result<(), TestkitError> {
+        let master = self.nodes[i].port();
+        let target = replication_field(master, "master_repl_offset")?;
+        self.wait_for(timeout, |cluster| {
+            for replica in cluster.replicas_of(i).filter(|r| r.is_running()) {
+                let port = replica.port();
+                let applied = match replication_field(port, "slave_repl_offset") {
+                    Ok(offset) => offset,
+                    Err(e) => return Ok(Err((port, e.to_string()))),
+                };
+                if applied < target {
+                    return Ok(Err((
+                        port,
+                        format!("replica at offset {applied}, master {master} at {target}"),
+                    )));
+                }
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    /// After master `i` was [killed](RedisServer::kill) or
+    /// [paused](RedisServer::pause): waits up to `timeout` until one of its
+    /// replicas has been elected in its place (after `cluster-node-timeout`
+    /// and a vote of the other masters), and the cluster is ready again as
+    /// [`wait_ready`](Self::wait_ready) checks it. From then on master `i`
+    /// ([`masters`](Self::masters), [`node_mut`](Self::node_mut),
+    /// [`node_for_slot`](Self::node_for_slot)) is the promoted replica, and
+    /// the old master becomes its last replica
+    /// ([`replica_mut`](Self::replica_mut)).
+    pub fn wait_failover(&mut self, i: usize, timeout: Duration) -> Result<(), TestkitError> {
+        let started = Instant::now();
+        let old = self.ids[i].clone();
+        let mut promoted = None;
+        self.wait_for(timeout, |cluster| {
+            for (at, replica) in cluster.replicas.iter().enumerate() {
+                if replica.of != i || !replica.server.is_running() {
+                    continue;
+                }
+                let port = replica.server.port();
+                if let Ok((_, None)) = role(port) {
+                    promoted = Some(at);
+                    return Ok(Ok(()));
+                }
+            }
+            Ok(Err((
+                cluster.nodes[i].port(),
+                format!("no replica of master {i} ({old}) has taken over"),
+            )))
+        })?;
+        let at = promoted.expect("set when the wait succeeds");
+        let replica = &mut self.replicas[at];
+        std::mem::swap(&mut self.nodes[i], &mut replica.server);
+        std::mem::swap(&mut self.ids[i], &mut replica.id);
+        if let Some(ports) = self.tls_ports.as_mut() {
+            let port = replica
+                .tls_port
+                .as_mut()
+                .expect("every node of a TLS cluster has one");
+            std::mem::swap(&mut ports[i], port);
+        }
+        // The old master follows the new one from now on; keep it last.
+        let old_master = self.replicas.remove(at);
+        self.replicas.push(old_master);
+        self.wait_ready(timeout.saturating_sub(started.elapsed()))
     }
 
     /// `redis://127.0.0.1:<port>/` for each master.
@@ -525,7 +685,10 @@ impl RedisCluster {
     /// Fails with [`TestkitError::NotReady`] (naming what was still wrong and
     /// showing that node's log) when the time runs out.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), TestkitError> {
-        let known = format!("cluster_known_nodes:{}", self.nodes.len());
+        let known = format!(
+            "cluster_known_nodes:{}",
+            self.nodes.len() + self.replicas.len()
+        );
         self.wait_for(timeout, |cluster| {
             let mut first_map = None;
             for node in &cluster.nodes {
@@ -559,6 +722,30 @@ impl RedisCluster {
                     Some(_) => {}
                 }
             }
+            for replica in &cluster.replicas {
+                if !replica.server.is_running() || replica.server.is_paused() {
+                    continue;
+                }
+                let port = replica.server.port();
+                match role(port) {
+                    Ok((_, Some(master))) if master == cluster.ids[replica.of] => {}
+                    Ok((_, master)) => {
+                        return Ok(Err((
+                            port,
+                            format!(
+                                "follows {master:?}, not master {} ({})",
+                                replica.of, cluster.ids[replica.of]
+                            ),
+                        )));
+                    }
+                    Err(e) => return Ok(Err((port, e.to_string()))),
+                }
+                match replication_info(port) {
+                    Ok(info) if info.lines().any(|l| l.trim() == "master_link_status:up") => {}
+                    Ok(_) => return Ok(Err((port, "its link to its master is not up".into()))),
+                    Err(e) => return Ok(Err((port, e.to_string()))),
+                }
+            }
             Ok(cluster.epochs_settled())
         })
     }
@@ -582,6 +769,7 @@ impl RedisCluster {
                 let log_tail = self
                     .nodes
                     .iter()
+                    .chain(self.replicas.iter().map(|replica| &replica.server))
                     .find(|node| node.port() == port)
                     .map(|node| process::log_tail(node.log_path(), 0))
                     .unwrap_or_default();
@@ -750,6 +938,54 @@ fn start_node(
             result => return result.map(|server| (server, tls_port)),
         }
     }
+}
+
+/// The node on `port`'s own id, and the id of the master it replicates
+/// (`None` for a master), from the `myself` line of `CLUSTER NODES`.
+fn role(port: u16) -> Result<(String, Option<String>), TestkitError> {
+    let reply = command(port, &["CLUSTER", "NODES"])?;
+    let Reply::Bulk(Some(text)) = &reply else {
+        return Err(unexpected(port, "CLUSTER NODES", &reply));
+    };
+    let text = String::from_utf8_lossy(text);
+    // <id> <ip:port@bus> <flags> <master> ...
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(id), Some(flags), Some(master)) = (fields.first(), fields.get(2), fields.get(3))
+        else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"myself") {
+            continue;
+        }
+        let master = (flags.contains(&"slave") && *master != "-").then(|| (*master).to_owned());
+        return Ok(((*id).to_owned(), master));
+    }
+    Err(TestkitError::Other(format!(
+        "127.0.0.1:{port}: CLUSTER NODES has no myself line"
+    )))
+}
+
+/// `INFO replication` of the node on `port`.
+fn replication_info(port: u16) -> Result<String, TestkitError> {
+    match command(port, &["INFO", "replication"])? {
+        Reply::Bulk(Some(info)) => Ok(String::from_utf8_lossy(&info).into_owned()),
+        other => Err(unexpected(port, "INFO replication", &other)),
+    }
+}
+
+/// A numeric field of `INFO replication` (`master_repl_offset`, ...).
+fn replication_field(port: u16, field: &str) -> Result<u64, TestkitError> {
+    let info = replication_info(port)?;
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| {
+            TestkitError::Other(format!(
+                "127.0.0.1:{port}: INFO replication has no numeric {field}"
+            ))
+        })
 }
 
 fn find_cli() -> Result<std::path::PathBuf, TestkitError> {

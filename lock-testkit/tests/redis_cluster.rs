@@ -295,6 +295,73 @@ fn a_killed_node_restarts_and_rejoins() {
     assert_all_gone(&pids);
 }
 
+/// A replica per master: each replica follows its master, catches up when
+/// asked, takes over when its master is killed (same index, same slots, the
+/// data written before), and the old master, restarted, follows it.
+#[test]
+fn a_replica_takes_over_its_killed_master_and_the_old_master_follows() {
+    let options = RedisClusterOptions::new()
+        .replicas(1)
+        .node_timeout(Duration::from_millis(1000));
+    let mut cluster = timed("start 3 masters + 3 replicas", || {
+        RedisCluster::start_with(options)
+    })
+    .expect("start cluster");
+    for i in 0..3 {
+        assert_eq!(cluster.replicas_of(i).count(), 1, "master {i}");
+        let replica = cluster.replicas_of(i).next().expect("one replica");
+        let info = redis_command(replica.addr(), &["INFO", "replication"]).expect("INFO");
+        assert!(info.contains("role:slave"), "{info}");
+        assert!(
+            info.contains(&format!("master_port:{}", cluster.masters()[i].port())),
+            "{info}"
+        );
+    }
+    let key = "distlock:{failover}";
+    let slot = RedisCluster::key_slot(key);
+    let owner = cluster.node_for_slot(slot).expect("owner");
+    let reply = redis_command(cluster.masters()[owner].addr(), &["SET", key, "v"]).expect("SET");
+    assert_eq!(reply, "+OK\r\n");
+    cluster
+        .wait_replicated(owner, READY)
+        .expect("the replica catches up");
+    let old_id = cluster.node_id(owner).to_owned();
+    let replica_port = cluster.replicas_of(owner).next().expect("replica").port();
+
+    cluster.node_mut(owner).kill().expect("kill the master");
+    timed("failover", || cluster.wait_failover(owner, READY)).expect("failover");
+    assert_eq!(cluster.masters()[owner].port(), replica_port);
+    assert_ne!(cluster.node_id(owner), old_id);
+    assert_eq!(cluster.node_for_slot(slot).expect("owner"), owner);
+    let reply = redis_command(cluster.masters()[owner].addr(), &["GET", key]).expect("GET");
+    assert_eq!(reply, "$1\r\nv\r\n", "the write made before the failover");
+
+    assert!(
+        !cluster.replica_mut(owner, 0).is_running(),
+        "the old master"
+    );
+    timed("old master rejoins", || {
+        cluster.replica_mut(owner, 0).restart().expect("restart");
+        cluster.wait_ready(READY)
+    })
+    .expect("the old master rejoins as a replica");
+    let rejoined = cluster.replicas_of(owner).next().expect("replica");
+    let info = redis_command(rejoined.addr(), &["INFO", "replication"]).expect("INFO");
+    assert!(
+        info.contains(&format!("master_port:{replica_port}")),
+        "{info}"
+    );
+    let pids: Vec<u32> = cluster
+        .masters()
+        .iter()
+        .chain((0..3).flat_map(|i| cluster.replicas_of(i)))
+        .map(|server| server.pid().expect("running"))
+        .collect();
+    assert_eq!(pids.len(), 6);
+    drop(cluster);
+    assert_all_gone(&pids);
+}
+
 #[test]
 fn five_independent_servers_start_together() {
     let servers = timed("start_several(5)", || RedisServer::start_several(5)).expect("start 5");

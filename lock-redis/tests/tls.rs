@@ -19,6 +19,24 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Connecting to `url` without the private CA: a typed error within 10 s,
+/// not a hang and not a connection.
+async fn assert_untrusted(url: &str) {
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisLock::options()
+            .connect_timeout(Duration::from_secs(2))
+            .connect(url),
+    )
+    .await
+    .expect("bounded")
+    .expect_err("an untrusted certificate must not connect");
+    assert!(
+        matches!(err, LockError::Connection(_) | LockError::Backend(_)),
+        "{url}: {err:?}"
+    );
+}
+
 /// A redis-server that also listens for TLS with the CA's certificate, and
 /// its `rediss://` URL.
 fn tls_server(certs: &TestCertificates) -> (RedisServer, String) {
@@ -54,21 +72,8 @@ async fn locks_over_tls_with_a_private_ca_and_refuses_an_untrusted_server() {
     assert!(locks.try_acquire("tls", TTL).await.expect("try").is_none());
     guard.release().await.expect("release over TLS");
 
-    // Without the CA the server's certificate is not trusted: a typed error
-    // in bounded time, not a hang.
-    let untrusted = tokio::time::timeout(
-        Duration::from_secs(10),
-        RedisLock::options()
-            .connect_timeout(Duration::from_secs(2))
-            .connect(&url),
-    )
-    .await
-    .expect("bounded");
-    let err = untrusted.expect_err("an untrusted certificate must not connect");
-    assert!(
-        matches!(err, LockError::Connection(_) | LockError::Backend(_)),
-        "{err:?}"
-    );
+    // Without the CA the server's certificate is not trusted.
+    assert_untrusted(&url).await;
 }
 
 #[tokio::test]
@@ -175,19 +180,6 @@ async fn a_cluster_over_tls_with_a_private_ca() {
     assert_eq!(again.fencing_token(), 2, "the counter moved with the slot");
     again.release().await.expect("release");
 
-    // Without the CA the seeds are not trusted: a typed error in bounded
-    // time, not a hang.
-    let untrusted = tokio::time::timeout(
-        Duration::from_secs(10),
-        RedisLock::options()
-            .connect_timeout(Duration::from_secs(2))
-            .connect(&url),
-    )
-    .await
-    .expect("bounded");
-    let err = untrusted.expect_err("an untrusted cluster must not connect");
-    assert!(
-        matches!(err, LockError::Connection(_) | LockError::Backend(_)),
-        "{err:?}"
-    );
+    // Without the CA the seeds are not trusted.
+    assert_untrusted(&url).await;
 }

@@ -693,9 +693,8 @@ impl RedisCluster {
             let mut first_map = None;
             for node in &cluster.nodes {
                 let port = node.port();
-                let info = match command(port, &["CLUSTER", "INFO"]) {
-                    Ok(Reply::Bulk(Some(info))) => String::from_utf8_lossy(&info).into_owned(),
-                    Ok(other) => return Ok(Err((port, format!("CLUSTER INFO: {other:?}")))),
+                let info = match text(port, &["CLUSTER", "INFO"]) {
+                    Ok(info) => info,
                     Err(e) => return Ok(Err((port, e.to_string()))),
                 };
                 if !info.lines().any(|line| line.trim() == "cluster_state:ok") {
@@ -820,11 +819,7 @@ impl RedisCluster {
     /// The config epoch of each master (in master order) as the node on
     /// `port` knows it, from `CLUSTER NODES`.
     fn config_epochs(&self, port: u16) -> Result<Vec<u64>, TestkitError> {
-        let reply = command(port, &["CLUSTER", "NODES"])?;
-        let Reply::Bulk(Some(text)) = &reply else {
-            return Err(unexpected(port, "CLUSTER NODES", &reply));
-        };
-        let text = String::from_utf8_lossy(text);
+        let text = text(port, &["CLUSTER", "NODES"])?;
         let mut epochs = vec![None; self.ids.len()];
         for line in text.lines() {
             // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>...
@@ -943,11 +938,7 @@ fn start_node(
 /// The node on `port`'s own id, and the id of the master it replicates
 /// (`None` for a master), from the `myself` line of `CLUSTER NODES`.
 fn role(port: u16) -> Result<(String, Option<String>), TestkitError> {
-    let reply = command(port, &["CLUSTER", "NODES"])?;
-    let Reply::Bulk(Some(text)) = &reply else {
-        return Err(unexpected(port, "CLUSTER NODES", &reply));
-    };
-    let text = String::from_utf8_lossy(text);
+    let text = text(port, &["CLUSTER", "NODES"])?;
     // <id> <ip:port@bus> <flags> <master> ...
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -969,10 +960,7 @@ fn role(port: u16) -> Result<(String, Option<String>), TestkitError> {
 
 /// `INFO replication` of the node on `port`.
 fn replication_info(port: u16) -> Result<String, TestkitError> {
-    match command(port, &["INFO", "replication"])? {
-        Reply::Bulk(Some(info)) => Ok(String::from_utf8_lossy(&info).into_owned()),
-        other => Err(unexpected(port, "INFO replication", &other)),
-    }
+    text(port, &["INFO", "replication"])
 }
 
 /// A numeric field of `INFO replication` (`master_repl_offset`, ...).
@@ -1141,6 +1129,15 @@ fn command(port: u16, args: &[&str]) -> Result<Reply, TestkitError> {
 }
 
 /// Runs a command that must answer `+OK`.
+/// Runs a command whose reply is a text (`CLUSTER INFO`, `CLUSTER NODES`,
+/// `INFO ...`) on the node on `port`; any other reply is an error.
+fn text(port: u16, args: &[&str]) -> Result<String, TestkitError> {
+    match command(port, args)? {
+        Reply::Bulk(Some(text)) => Ok(String::from_utf8_lossy(&text).into_owned()),
+        other => Err(unexpected(port, &args.join(" "), &other)),
+    }
+}
+
 fn expect_ok(port: u16, args: &[&str]) -> Result<(), TestkitError> {
     match command(port, args)? {
         Reply::Status(status) if status == "OK" => Ok(()),

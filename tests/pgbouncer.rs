@@ -29,15 +29,18 @@ struct Setup {
 
 impl Setup {
     async fn start(pool_size: u32) -> Setup {
+        Setup::start_with(
+            PgBouncerOptions::new()
+                .pool_mode(PoolMode::Transaction)
+                .pool_size(pool_size),
+        )
+        .await
+    }
+
+    async fn start_with(options: PgBouncerOptions) -> Setup {
         let (pg, bouncer, database) = tokio::task::spawn_blocking(move || {
             let pg = PgServer::start().expect("a PostgreSQL server");
-            let bouncer = PgBouncer::start(
-                &pg,
-                PgBouncerOptions::new()
-                    .pool_mode(PoolMode::Transaction)
-                    .pool_size(pool_size),
-            )
-            .expect("PgBouncer in front of it");
+            let bouncer = PgBouncer::start(&pg, options).expect("PgBouncer in front of it");
             pg.create_database("pooled").expect("a database");
             (pg, bouncer, "pooled".to_owned())
         })
@@ -467,4 +470,128 @@ async fn prepared_transaction_locks_through_the_pooler_fail_clearly() {
         "PgBouncer 1.18 did not break a prepared statement"
     );
     setup.assert_no_lock_left(Duration::from_secs(5)).await;
+}
+
+/// What a transaction pooler may do to the server session a session lock
+/// was taken on, between two of the holder's statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionReset {
+    /// `server_reset_query_always = 1`: `DISCARD ALL` (which unlocks every
+    /// advisory lock and drops sqlx's prepared statements) after every
+    /// transaction.
+    ResetQueryAlways,
+    /// The same with `server_reset_query = SELECT pg_advisory_unlock_all()`:
+    /// prepared statements survive (as with PgBouncer ≥ 1.21's
+    /// `max_prepared_statements`), so nothing else gives the pooler away.
+    UnlockAlways,
+    /// `server_lifetime = 0`: every server connection is used once, then closed.
+    LifetimeZero,
+    /// `RECONNECT` on the admin console: server connections close once released.
+    Reconnect,
+}
+
+/// The first session lock on a fresh client connection through a
+/// transaction pooler: the pooler then resets or closes the server session
+/// it was taken on, the lock is gone while the holder's guard is still
+/// valid, and a client connected to PostgreSQL directly must not be granted
+/// it in that time. The holder's client is refused (`InvalidConfig`) before
+/// any lock is reported held; the history checker sees no overlap.
+async fn first_session_lock_through_a_resetting_pooler(reset: SessionReset) {
+    let options = PgBouncerOptions::new()
+        .pool_mode(PoolMode::Transaction)
+        .pool_size(1);
+    let options = match reset {
+        SessionReset::ResetQueryAlways => options.setting("server_reset_query_always", "1"),
+        SessionReset::UnlockAlways => options
+            .setting("server_reset_query_always", "1")
+            .setting("server_reset_query", "SELECT pg_advisory_unlock_all()"),
+        SessionReset::LifetimeZero => options.setting("server_lifetime", "0"),
+        SessionReset::Reconnect => options,
+    };
+    let setup = Setup::start_with(options).await;
+    let history = History::new();
+    let holder_ttl = Duration::from_secs(30);
+
+    let pooled = PgLockOptions::new()
+        .tcp_keepalives(None)
+        .max_connections(2)
+        .connect(&setup.pooled_url())
+        .await;
+    let held = match pooled {
+        Err(err) => {
+            assert_pooler_error(&err);
+            eprintln!("{reset:?}: refused at connect: {err}");
+            None
+        }
+        Ok(locks) => {
+            let op = history.invoke_acquire(0, "seat:1");
+            match locks.try_acquire("seat:1", holder_ttl).await {
+                Ok(Some(guard)) => {
+                    history.acquired(op, &guard);
+                    Some((op, guard))
+                }
+                Ok(None) => panic!("nobody else holds seat:1"),
+                Err(err) => {
+                    history.acquire_failed(op);
+                    assert_pooler_error(&err);
+                    eprintln!("{reset:?}: refused at the first lock: {err}");
+                    None
+                }
+            }
+        }
+    };
+    if reset == SessionReset::Reconnect {
+        let out = tokio::task::block_in_place(|| setup.bouncer.admin("RECONNECT"))
+            .expect("RECONNECT on the admin console");
+        eprintln!("RECONNECT: {out:?}");
+    }
+
+    // Another client, straight to PostgreSQL, asks for the same lock while
+    // the holder's guard is valid.
+    let direct = PgLockOptions::new()
+        .connect(&setup.pg.url_for(&setup.database))
+        .await
+        .expect("a direct client");
+    let op = history.invoke_acquire(1, "seat:1");
+    match direct
+        .acquire("seat:1", TTL, Duration::from_secs(3))
+        .await
+    {
+        Ok(guard) => {
+            history.acquired(op, &guard);
+            history.invoke_release(op, guard.valid_until());
+            let result = guard.release().await;
+            history.released(op, Outcome::of_release(&result));
+        }
+        Err(LockError::Timeout) => history.acquire_failed(op),
+        Err(err) => panic!("the direct client failed: {err:?}"),
+    }
+    if let Some((op, guard)) = held {
+        history.invoke_release(op, guard.valid_until());
+        let result = guard.release().await;
+        history.released(op, Outcome::of_release(&result));
+    }
+    let report = history.check();
+    eprintln!("{reset:?}: {}", report.summary());
+    report.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_that_resets_sessions_never_strands_a_first_lock() {
+    first_session_lock_through_a_resetting_pooler(SessionReset::ResetQueryAlways).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_that_unlocks_sessions_never_strands_a_first_lock() {
+    first_session_lock_through_a_resetting_pooler(SessionReset::UnlockAlways).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_that_uses_sessions_once_never_strands_a_first_lock() {
+    first_session_lock_through_a_resetting_pooler(SessionReset::LifetimeZero).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_reconnect_never_strands_a_first_lock() {
+    first_session_lock_through_a_resetting_pooler(SessionReset::Reconnect).await;
 }

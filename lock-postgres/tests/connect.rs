@@ -201,3 +201,141 @@ async fn a_server_with_durable_commits_works_too() {
     drop((locks, other));
     drop(server);
 }
+
+/// A fencing sequence whose configuration does not give strictly rising
+/// values across its lifetime must be refused before any lock is granted on
+/// it: tokens that fall or repeat would let a stale holder's writes through
+/// the storage's fence.
+async fn refused_sequence(test: &str, create: &str) -> (LockError, PgAdvisoryLock) {
+    let url = database_url().await;
+    let mut direct = common::observer(&url).await;
+    lock_postgres::sqlx::raw_sql(lock_postgres::sqlx::AssertSqlSafe(create.to_owned()))
+        .execute(&mut direct)
+        .await
+        .expect("create the sequence");
+    let locks = PgLockOptions::new()
+        .fencing_sequence("public", test)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let mut tokens = Vec::new();
+    for _ in 0..5 {
+        match locks.try_acquire(test, Duration::from_secs(5)).await {
+            Ok(Some(guard)) => {
+                tokens.push(guard.fencing_token());
+                guard.release().await.expect("ours");
+            }
+            Ok(None) => panic!("nobody else holds {test}"),
+            Err(err) => return (err, locks),
+        }
+    }
+    panic!("{test}: the sequence was accepted and handed out tokens {tokens:?}");
+}
+
+fn assert_sequence_error(err: &LockError, needle: &str) {
+    assert!(
+        matches!(err, LockError::Backend(_)),
+        "expected a Backend error, got {err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(needle), "{text}");
+    assert!(text.contains("ALTER SEQUENCE"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descending_fencing_sequence_is_refused() {
+    let (err, _) = refused_sequence(
+        "falling_tokens",
+        "CREATE SEQUENCE public.falling_tokens INCREMENT -1 MINVALUE 1 MAXVALUE 1000 START 1000",
+    )
+    .await;
+    assert_sequence_error(&err, "INCREMENT -1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycling_fencing_sequence_is_refused() {
+    let (err, _) = refused_sequence(
+        "cycling_tokens",
+        "CREATE SEQUENCE public.cycling_tokens MAXVALUE 3 CYCLE",
+    )
+    .await;
+    assert_sequence_error(&err, "CYCLE");
+}
+
+/// `ALTER SEQUENCE … RESTART` (or `setval`) after the client checked the
+/// sequence: the next grant's token does not rise above one this client
+/// already handed out. The grant is refused (its session closed, so the
+/// lock is freed) and the error says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_restarted_after_connect_refuses_falling_tokens() {
+    let url = database_url().await;
+    let app = common::app_name("restart");
+    let locks = common::client(
+        &url,
+        &app,
+        PgLockOptions::new().fencing_sequence("public", "restarted_tokens"),
+    )
+    .await;
+    let mut last = 0;
+    for _ in 0..3 {
+        let guard = locks
+            .try_acquire("restarted", Duration::from_secs(5))
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(guard.fencing_token() > last);
+        last = guard.fencing_token();
+        guard.release().await.expect("ours");
+    }
+    let mut direct = common::observer(&url).await;
+    lock_postgres::sqlx::raw_sql("ALTER SEQUENCE public.restarted_tokens RESTART")
+        .execute(&mut direct)
+        .await
+        .expect("restart the sequence");
+    let outcome = locks.try_acquire("restarted", Duration::from_secs(5)).await;
+    let err = match outcome {
+        Ok(Some(guard)) => panic!(
+            "granted with token {} after tokens up to {last} were handed out",
+            guard.fencing_token()
+        ),
+        Ok(None) => panic!("nobody else holds the lock"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(err, LockError::Backend(_)),
+        "expected a Backend error, got {err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("did not rise"), "{text}");
+    assert!(text.contains("setval"), "{text}");
+    // The refused grant's session was closed: nothing stays locked.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::advisory_locks_of(&mut direct, &app).await > 0 {
+        assert!(Instant::now() < deadline, "the refused lock is still held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And a later change of direction is caught the same way.
+    lock_postgres::sqlx::raw_sql(
+        "SELECT setval('public.restarted_tokens', 100); \
+         ALTER SEQUENCE public.restarted_tokens INCREMENT -1",
+    )
+    .execute(&mut direct)
+    .await
+    .expect("turn the sequence around");
+    let mut seen = Vec::new();
+    loop {
+        match locks.try_acquire("restarted", Duration::from_secs(5)).await {
+            Ok(Some(guard)) => {
+                seen.push(guard.fencing_token());
+                guard.release().await.expect("ours");
+                assert!(seen.len() < 3, "falling tokens granted: {seen:?}");
+            }
+            Ok(None) => panic!("nobody else holds the lock"),
+            Err(err) => {
+                assert!(matches!(err, LockError::Backend(_)), "{err:?}");
+                assert!(err.to_string().contains("INCREMENT -1"), "{err}");
+                break;
+            }
+        }
+    }
+}

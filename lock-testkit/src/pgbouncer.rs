@@ -213,6 +213,14 @@ impl PgBouncer {
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
+
+    /// Runs `command` on PgBouncer's admin console (the `pgbouncer`
+    /// database, as the admin user `postgres`) and returns what it printed,
+    /// e.g. `admin("RECONNECT")` to close every server connection once
+    /// released, or `admin("SHOW SERVERS")`.
+    pub fn admin(&self, command: &str) -> Result<String, TestkitError> {
+        psql(self.port, "pgbouncer", command)
+    }
 }
 
 impl Drop for PgBouncer {
@@ -369,24 +377,30 @@ fn wait_ready(
 
 /// `SELECT 1` through PgBouncer with psql.
 fn query_through(port: u16) -> Result<(), TestkitError> {
-    let bins = pg_binaries()?;
-    let mut command = Command::new(&bins.psql);
-    command
-        .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .args(["-c", "SELECT 1"])
-        .env("PGUSER", "postgres")
-        .env("PGDATABASE", "postgres")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGOPTIONS")
-        .env_remove("PGSERVICE");
-    let output = run_checked(command, PSQL_TIMEOUT)?;
-    if String::from_utf8_lossy(&output.stdout).trim() == "1" {
+    let output = psql(port, "postgres", "SELECT 1")?;
+    if output.trim() == "1" {
         Ok(())
     } else {
         Err(TestkitError::Other(format!(
-            "SELECT 1 through pgbouncer on port {port} returned {:?}",
-            String::from_utf8_lossy(&output.stdout)
+            "SELECT 1 through pgbouncer on port {port} returned {output:?}"
         )))
     }
+}
+
+/// One command through PgBouncer on `port` to `database` with psql
+/// (unaligned, tuples only); its standard output.
+fn psql(port: u16, database: &str, command: &str) -> Result<String, TestkitError> {
+    let bins = pg_binaries()?;
+    let mut command_line = Command::new(&bins.psql);
+    command_line
+        .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-c", command])
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", database)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGOPTIONS")
+        .env_remove("PGSERVICE");
+    let output = run_checked(command_line, PSQL_TIMEOUT)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -126,7 +126,14 @@
 //! tokens strictly increase across all clients and names. The sequence is
 //! created on first use (`CREATE SEQUENCE IF NOT EXISTS`) when missing; a
 //! role that may not create or use it gets a [`LockError::Backend`] that
-//! spells out the `CREATE SEQUENCE` / `GRANT USAGE` to run. On a server
+//! spells out the `CREATE SEQUENCE` / `GRANT USAGE` to run. A sequence
+//! that can fall or repeat — `CACHE` above 1, a negative `INCREMENT`,
+//! `CYCLE` — is refused ([`LockError::Backend`], naming the `ALTER
+//! SEQUENCE` that fixes it) before the first grant. A change after that
+//! (`ALTER SEQUENCE … RESTART`, `setval`, `INCREMENT -1`) is caught by the
+//! token itself: each client refuses a grant whose token does not rise
+//! above the highest it has granted (the session is closed, so the lock is
+//! freed) and checks the sequence again for the error. On a server
 //! whose default is `synchronous_commit = off` (or `local`), the acquire
 //! statement makes its own commit wait for the WAL flush, so a crash cannot
 //! hand out old tokens again (`nextval` logs only every 32nd value, so this

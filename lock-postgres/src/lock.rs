@@ -173,6 +173,7 @@ impl PgAdvisoryLock {
             sequence,
             sequence_schema: options.sequence_schema.clone(),
             sequence_ready: OnceCell::new(),
+            token_floor: Default::default(),
             namespace: options.key_namespace.clone(),
             strategy: options.wait_strategy,
             channel: options.notify_channel.clone(),

@@ -1,5 +1,16 @@
 //! The fencing-token sequence: created on first use when missing, checked
-//! once, and explained clearly when the role may not create or use it.
+//! once, and explained clearly when the role may not create or use it; and
+//! the floor every later token must rise above.
+//!
+//! A fencing token is only worth something if no holder can ever be handed
+//! a token at or below one handed out before. The checks refuse what makes
+//! a sequence fall or repeat: a per-session `CACHE`, a negative `INCREMENT`,
+//! `CYCLE`. Someone can still change the sequence later (`ALTER SEQUENCE …
+//! RESTART`, `setval`, `INCREMENT -1`), so each client also keeps the
+//! highest token it has seen ([`TokenFloor`]) and refuses a grant whose token
+//! does not rise above it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lock_api::LockError;
 use sqlx::postgres::PgConnection;
@@ -32,16 +43,18 @@ pub(crate) async fn ensure(
             Err(err) => return Err(cannot_create(err, sequence, schema, &role)),
         }
     }
-    let (usable, cache, is_sequence): (bool, Option<i64>, bool) = sqlx::query_as(
-        "SELECT pg_catalog.has_sequence_privilege(c.oid, 'USAGE'), s.seqcache, s.seqrelid IS NOT NULL \
+    let shape: Option<Shape> = sqlx::query_as(
+        "SELECT pg_catalog.has_sequence_privilege(c.oid, 'USAGE'), s.seqcache, \
+                s.seqrelid IS NOT NULL, s.seqincrement, s.seqcycle \
          FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_sequence s ON s.seqrelid = c.oid \
          WHERE c.oid = pg_catalog.to_regclass($1)",
     )
     .bind(sequence)
     .fetch_optional(&mut *conn)
     .await
-    .map_err(from_sqlx)?
-    .unwrap_or((false, None, false));
+    .map_err(from_sqlx)?;
+    let (usable, cache, is_sequence, increment, cycle) =
+        shape.unwrap_or((false, None, false, None, None));
     if !is_sequence {
         return Err(LockError::backend(format!(
             "{sequence} is not a sequence; fencing tokens need one: drop or rename it, or \
@@ -62,7 +75,62 @@ pub(crate) async fn ensure(
             cache.unwrap_or_default()
         )));
     }
+    if let Some(increment) = increment.filter(|increment| *increment < 1) {
+        return Err(LockError::backend(format!(
+            "the fencing-token sequence {sequence} counts down (INCREMENT {increment}), so a \
+             later holder would get a lower token than an earlier one; run: ALTER SEQUENCE \
+             {sequence} INCREMENT 1, then setval it above the highest token handed out"
+        )));
+    }
+    if cycle == Some(true) {
+        return Err(LockError::backend(format!(
+            "the fencing-token sequence {sequence} has CYCLE: at its MAXVALUE it starts over \
+             and hands out old tokens again; run: ALTER SEQUENCE {sequence} NO CYCLE"
+        )));
+    }
     Ok(())
+}
+
+/// What `pg_sequence` says about a relation: may we use it, its cache, is
+/// it a sequence at all, its increment, whether it cycles.
+type Shape = (bool, Option<i64>, bool, Option<i64>, Option<bool>);
+
+/// The highest fencing token one client has seen granted: a token that does
+/// not rise above it means the sequence was set back or turned around after
+/// it was checked, and the grant must not be reported.
+#[derive(Debug, Default)]
+pub(crate) struct TokenFloor(AtomicU64);
+
+impl TokenFloor {
+    /// The floor now: take it *before* sending the statement that draws a
+    /// token. Every token seen by then was drawn before that statement's
+    /// `nextval`, so a rising sequence must answer above it (grants that
+    /// answer out of order in between are no false alarm).
+    pub(crate) fn before_draw(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// True (and the floor raised) when `token` rose above `floor`, the
+    /// value [`before_draw`](Self::before_draw) returned.
+    pub(crate) fn admit(&self, floor: u64, token: u64) -> bool {
+        if token <= floor {
+            return false;
+        }
+        self.0.fetch_max(token, Ordering::AcqRel);
+        true
+    }
+}
+
+/// The error for a token at or below the floor, after a fresh check of the
+/// sequence found nothing more specific.
+pub(crate) fn did_not_rise(sequence: &str, token: u64, floor: u64) -> LockError {
+    LockError::backend(format!(
+        "the fencing-token sequence {sequence} handed out {token}, which did not rise above \
+         {floor}, a token this client already granted: it was set back (ALTER SEQUENCE … \
+         RESTART or setval) or turned around. The lock was not granted (its session was \
+         closed). Run: SELECT setval('{sequence}', <the highest token ever handed out>) — at \
+         least {floor} — and check the sequence with ALTER SEQUENCE if it was changed"
+    ))
 }
 
 fn cannot_create(err: sqlx::Error, sequence: &str, schema: &str, role: &str) -> LockError {

@@ -16,6 +16,7 @@ use crate::error::{
 use crate::lease::PgLease;
 use crate::listener::Listener;
 use crate::pool::{AcquireError, ConnPool};
+use crate::sequence::{TokenFloor, did_not_rise};
 use crate::sql::{SESSION_CHANGED, SESSION_SHARED, Statements};
 use crate::{WaitStrategy, lock_key_in};
 
@@ -83,6 +84,8 @@ pub(crate) struct Core {
     /// The schema it lives in (unquoted).
     pub(crate) sequence_schema: String,
     pub(crate) sequence_ready: OnceCell<()>,
+    /// The highest fencing token this client granted: later ones must rise above it.
+    pub(crate) token_floor: TokenFloor,
     pub(crate) namespace: String,
     pub(crate) strategy: WaitStrategy,
     pub(crate) channel: String,
@@ -131,6 +134,7 @@ impl Core {
                 .bind(key)
                 .bind(&ttl_ms)
                 .bind(i64::from(conn.backend_pid.unwrap_or(0)));
+            let floor = self.token_floor.before_draw();
             let outcome =
                 tokio::time::timeout(self.query_timeout, query.fetch_one(conn.raw())).await;
             return match outcome {
@@ -150,6 +154,11 @@ impl Core {
                             self.sequence
                         ))
                     })?;
+                    if !self.token_floor.admit(floor, fencing_token) {
+                        // Closing the session frees the lock it was just granted.
+                        drop(conn);
+                        return Err(self.token_fell(fencing_token, floor).await);
+                    }
                     conn.backend_pid = Some(pid);
                     Ok(Attempt::Acquired {
                         lease: PgLease::new(Arc::clone(self), key, pid, conn.pin()),
@@ -201,6 +210,31 @@ impl Core {
             ));
         }
         from_sqlx(err)
+    }
+
+    /// The error for a grant whose token did not rise above `floor`: what a
+    /// fresh check of the sequence finds wrong with it, or that it was set back.
+    async fn token_fell(self: &Arc<Self>, token: u64, floor: u64) -> LockError {
+        tracing::warn!(
+            sequence = %self.sequence,
+            token,
+            floor,
+            "fencing token did not rise; refusing the grant"
+        );
+        let until = Instant::now().checked_add(self.pool_timeout);
+        let mut conn = match self.connection(until).await {
+            Ok(conn) => conn,
+            Err(_) => return did_not_rise(&self.sequence, token, floor),
+        };
+        let check = crate::sequence::ensure(conn.raw(), &self.sequence, &self.sequence_schema);
+        match tokio::time::timeout(self.query_timeout * 2, check).await {
+            Ok(Ok(())) => {
+                conn.recycle();
+                did_not_rise(&self.sequence, token, floor)
+            }
+            Ok(Err(err)) => err,
+            Err(_) => did_not_rise(&self.sequence, token, floor),
+        }
     }
 
     /// Makes sure the fencing sequence exists and is usable, once per client.

@@ -49,10 +49,12 @@ SELECT pg_catalog.current_setting('server_version_num')::int4, \
        pg_catalog.current_setting('synchronous_commit') IN ('off', 'local')";
 
 /// What the acquire statement returns instead of a fencing token when the
-/// connection's server session is not the one it had before (`$3`).
-pub(crate) const SESSION_CHANGED: i64 = -2;
+/// connection's server session is not the one it had before (`$3`). Far
+/// below any token, so a sequence gone negative is never mistaken for it
+/// (`i64::MIN` itself would be read as `numeric` in SQL text).
+pub(crate) const SESSION_CHANGED: i64 = i64::MIN + 1;
 /// … when the session already holds one of our locks (see [`HELD_MARKER`]).
-pub(crate) const SESSION_SHARED: i64 = -1;
+pub(crate) const SESSION_SHARED: i64 = i64::MIN + 2;
 
 /// The per-client statements.
 ///

@@ -130,68 +130,56 @@ fn assert_pooler_error(err: &LockError) {
     assert!(text.contains("lock_postgres::xact"), "{text}");
 }
 
+/// A session-lock client through a transaction pooler is refused at
+/// connect, before it can grant anything: its two check connections end up
+/// on one server session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shared_server_session_refuses_a_second_session_lock() {
-    // One server connection: every client's statement runs on it.
-    let setup = Setup::start(1).await;
-    let first = setup.pooled_client(2).await;
-    let second = setup.pooled_client(2).await;
-    let history = History::new();
-
-    let held = history
-        .try_acquire(0, &first, "seat:1", TTL)
-        .await
-        .expect("the first lock")
-        .expect("free");
-    // The only server session now holds "seat:1". Advisory locks are
-    // re-entrant within a session, so anything run on it would be granted
-    // "seat:1" again. A transaction lock there is refused instead …
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&setup.pooled_url())
-        .await
-        .expect("an application pool through PgBouncer");
-    let mut tx = pool.begin().await.expect("begin");
-    let err = XactLocks::new()
-        .simple_queries(true)
-        .try_lock(&mut tx, "seat:1")
-        .await
-        .expect_err("the session holds a session lock");
-    assert_pooler_error(&err);
-    assert!(err.to_string().contains("No lock was taken"), "{err}");
-    tx.rollback().await.expect("rollback");
-    drop(pool);
-
-    // … and so is another client's session lock.
-    let op = history.invoke_acquire(1, "seat:1");
-    let outcome = second.try_acquire("seat:1", TTL).await;
-    match &outcome {
-        Ok(Some(guard)) => history.acquired(op, guard),
-        _ => history.acquire_failed(op),
-    }
-    let err = outcome.expect_err("a second lock on the shared session");
-    assert_pooler_error(&err);
-    assert!(err.to_string().contains("No lock was taken"), "{err}");
-
-    // The holder's release runs on the same session — or, when PgBouncer
-    // closed that session after the refused client left, finds another one
-    // and says so (the lock ended with the session).
-    if let Err(err) = held.release().await {
+async fn a_session_lock_client_through_a_transaction_pooler_is_refused_at_connect() {
+    for pool_size in [1, 4] {
+        let setup = Setup::start(pool_size).await;
+        let err = PgLockOptions::new()
+            .tcp_keepalives(None)
+            .connect(&setup.pooled_url())
+            .await
+            .expect_err("a transaction pooler");
         assert_pooler_error(&err);
+        assert!(err.to_string().contains("No lock was taken"), "{err}");
+        // Transaction locks through the same pooler are fine.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&setup.pooled_url())
+            .await
+            .expect("an application pool through PgBouncer");
+        let mut tx = pool.begin().await.expect("begin");
+        let fence = XactLocks::new()
+            .simple_queries(true)
+            .try_lock(&mut tx, "seat:1")
+            .await
+            .expect("a transaction lock")
+            .expect("free");
+        assert!(fence > 0);
+        tx.commit().await.expect("commit");
+        setup.assert_no_lock_left(Duration::from_secs(5)).await;
     }
-    let report = history.check();
-    eprintln!("shared session: {}", report.summary());
-    report.assert_ok();
-    assert_eq!(report.counts.acquired, 1);
-    setup.assert_no_lock_left(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_locks_through_a_transaction_pooler_are_refused_never_doubled() {
     const WORKERS: usize = 6;
     const CYCLES: usize = 30;
-    let setup = Setup::start(2).await;
+    // A pooler the connect-time check cannot see: the client connects
+    // through session pooling, then PgBouncer is switched to transaction
+    // pooling under it (two server sessions throughout, never closed). Only
+    // the checks in each lock statement are left to notice.
+    let mut setup = Setup::start_with(
+        PgBouncerOptions::new()
+            .pool_mode(PoolMode::Session)
+            .pool_size(2),
+    )
+    .await;
     let locks = setup.pooled_client(WORKERS as u32).await;
+    tokio::task::block_in_place(|| setup.bouncer.reconfigure(&[("pool_mode", "transaction")]))
+        .expect("switch PgBouncer to transaction pooling");
     let history = History::new();
     let refusals = Arc::new(Mutex::new(Vec::<String>::new()));
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::from_sqlx;
 use crate::lease::PgLease;
 use crate::listener::Listener;
-use crate::pool::{AcquireError, ConnPool};
+use crate::pool::{AcquireError, ConnPool, check_session_affinity};
 use crate::shared::{Core, MAX_TTL, with_wait};
 use crate::sql::{SERVER_INFO, Statements, qualified};
 use crate::{PgLockOptions, WaitStrategy, XactLocks};
@@ -148,7 +148,7 @@ impl PgAdvisoryLock {
                 )
             }
         };
-        let server = check_server(&pool, &options).await?;
+        let server = check_server(&pool, &options, &listen_options).await?;
         let stop = CancellationToken::new();
         let hub = lock_api::WakeHub::new();
         let listener = (options.wait_strategy == WaitStrategy::Notify).then(|| {
@@ -365,10 +365,12 @@ struct ServerInfo {
     durable_commits: bool,
 }
 
-/// Connects once: the server must be reachable and new enough.
+/// Connects once: the server must be reachable and new enough, and each
+/// connection must keep a server session of its own (no transaction pooler).
 async fn check_server(
     pool: &Arc<ConnPool>,
     options: &PgLockOptions,
+    connect: &PgConnectOptions,
 ) -> Result<ServerInfo, LockError> {
     let until = Instant::now().checked_add(options.connect_timeout);
     let mut conn = match pool.acquire(until).await {
@@ -377,8 +379,8 @@ async fn check_server(
         Err(AcquireError::Exhausted(exhausted)) => return Err(LockError::connection(exhausted)),
     };
     // A simple query (no prepared statement), so that a transaction pooler
-    // in front of the server lets the client connect and then explains
-    // itself on the first lock.
+    // in front of the server is explained by the session check below, not
+    // by a protocol error.
     let query = async {
         let row = sqlx::raw_sql(SERVER_INFO).fetch_one(conn.raw()).await?;
         Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
@@ -395,6 +397,7 @@ async fn check_server(
             .map_err(from_sqlx)?;
     match idle_timeout {
         Some(idle_timeout) if version >= MIN_SERVER_VERSION => {
+            check_session_affinity(conn.raw(), connect, options.connect_timeout).await?;
             conn.recycle();
             Ok(ServerInfo {
                 default_idle_timeout: idle_timeout,

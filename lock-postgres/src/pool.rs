@@ -10,18 +10,19 @@
 //! on it, which the caller retries on another connection.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lock_api::LockError;
-use sqlx::ConnectOptions;
+use sqlx::{AssertSqlSafe, Connection as _, ConnectOptions, Row as _};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, Postgres};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::PoolExhausted;
+use crate::error::{from_sqlx, pooled_session};
 
 /// Where lock connections come from.
 pub(crate) struct ConnPool {
@@ -325,4 +326,95 @@ impl Drop for HeldCount {
     fn drop(&mut self) {
         self.0.held.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The session setting the affinity check marks a session with.
+const AFFINITY_MARK: &str = "distlock.affinity";
+/// How many times the check looks from each side.
+const AFFINITY_ROUNDS: usize = 3;
+
+/// Checks, before the client grants its first lock, that a connection
+/// keeps one server session of its own across transactions — which a
+/// transaction (or statement) pooler does not give.
+///
+/// `conn` marks its session with a value of its own (a session-level
+/// setting) and reads it back in later transactions, while a second
+/// connection, opened from `connect` with `conn` still open, reads the
+/// mark and the server pid on its side, three times each. PostgreSQL
+/// reached directly or through session pooling passes: the session stays,
+/// and the second connection has a session of its own. A transaction
+/// pooler fails it: a pooler that resets sessions (`server_reset_query_always`)
+/// wipes the mark, one that closes them (`server_lifetime = 0`) changes the
+/// pid, and one that does neither hands the first connection's session to
+/// the second (PgBouncer reuses the session used last). Only a busy pooler
+/// that happens to route every one of these transactions apart can slip
+/// through; then the checks in each lock statement are the backstop.
+///
+/// Simple queries only (no prepared statements), so that a pooler fails
+/// the check and not the protocol.
+pub(crate) async fn check_session_affinity(
+    conn: &mut PgConnection,
+    connect: &PgConnectOptions,
+    timeout: Duration,
+) -> Result<(), LockError> {
+    static CHECKS: AtomicU64 = AtomicU64::new(0);
+    let mark = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        CHECKS.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    );
+    let set = format!(
+        "SELECT pg_catalog.pg_backend_pid(), \
+                pg_catalog.set_config('{AFFINITY_MARK}', '{mark}', false)"
+    );
+    let read = format!(
+        "SELECT pg_catalog.pg_backend_pid(), \
+                pg_catalog.current_setting('{AFFINITY_MARK}', true)"
+    );
+    let check = async {
+        let (pid, _) = session_row(conn, &set).await?;
+        let mut other = connect.connect().await.map_err(LockError::connection)?;
+        for _ in 0..AFFINITY_ROUNDS {
+            let (other_pid, other_mark) = session_row(&mut other, &read).await?;
+            if other_pid == pid || other_mark.as_deref() == Some(mark.as_str()) {
+                return Err(pooled_session(
+                    "a second connection ran on the first one's server session",
+                    false,
+                ));
+            }
+            let (again_pid, again_mark) = session_row(conn, &read).await?;
+            if again_pid != pid || again_mark.as_deref() != Some(mark.as_str()) {
+                return Err(pooled_session(
+                    "the server session behind a connection was reset or replaced between \
+                     two of its transactions",
+                    false,
+                ));
+            }
+        }
+        let _ = other.close().await;
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(LockError::connection(format!(
+            "PostgreSQL did not answer the session check within {timeout:?}"
+        ))),
+    }
+}
+
+/// One row of (`pg_backend_pid()`, a setting) by a simple query.
+async fn session_row(
+    conn: &mut PgConnection,
+    query: &str,
+) -> Result<(i32, Option<String>), LockError> {
+    let row = sqlx::raw_sql(AssertSqlSafe(query.to_owned()))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    let pid = row.try_get(0).map_err(from_sqlx)?;
+    let setting = row.try_get(1).map_err(from_sqlx)?;
+    Ok((pid, setting))
 }

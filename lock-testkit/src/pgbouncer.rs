@@ -134,7 +134,11 @@ impl PgBouncerOptions {
 #[derive(Debug)]
 pub struct PgBouncer {
     port: u16,
+    pg_port: u16,
     pool_mode: PoolMode,
+    options: PgBouncerOptions,
+    config: PathBuf,
+    auth_file: PathBuf,
     log_path: PathBuf,
     child: Child,
     _dir: TempDir,
@@ -172,7 +176,11 @@ impl PgBouncer {
                 Ok(child) => {
                     return Ok(Self {
                         port,
+                        pg_port: server.port(),
                         pool_mode: options.pool_mode,
+                        options,
+                        config,
+                        auth_file,
                         log_path,
                         child,
                         _dir: dir,
@@ -212,6 +220,29 @@ impl PgBouncer {
     /// The file that receives PgBouncer's log.
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// Changes `[pgbouncer]` settings while it runs: rewrites its
+    /// configuration with `settings` on top and reloads it (`RELOAD` on the
+    /// admin console). E.g. `pool_mode = transaction` under clients that
+    /// connected in session mode: their next transaction ends their hold on
+    /// a server session.
+    pub fn reconfigure(&mut self, settings: &[(&str, &str)]) -> Result<(), TestkitError> {
+        for (name, value) in settings {
+            self.options = self.options.clone().setting(*name, *value);
+            if *name == "pool_mode" {
+                self.pool_mode = match *value {
+                    "session" => PoolMode::Session,
+                    _ => PoolMode::Transaction,
+                };
+            }
+        }
+        fs::write(
+            &self.config,
+            config_text(self.pg_port, self.port, &self.auth_file, &self.options),
+        )
+        .map_err(io_error(format!("could not write {}", self.config.display())))?;
+        self.admin("RELOAD").map(|_| ())
     }
 
     /// Runs `command` on PgBouncer's admin console (the `pgbouncer`

@@ -583,3 +583,65 @@ async fn a_pooler_that_uses_sessions_once_never_strands_a_first_lock() {
 async fn a_pooler_reconnect_never_strands_a_first_lock() {
     first_session_lock_through_a_resetting_pooler(SessionReset::Reconnect).await;
 }
+
+/// An extend that finds itself on another server session than the lock
+/// (a transaction pooler moved the client) reports the lock lost — the
+/// guard can no longer reach it — rather than a configuration error that
+/// renewal would retry while the guard still counts on the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_stranded_on_another_session_is_lost() {
+    // Connected through session pooling, then switched (see above).
+    let mut setup = Setup::start_with(
+        PgBouncerOptions::new()
+            .pool_mode(PoolMode::Session)
+            .pool_size(2),
+    )
+    .await;
+    let locks = setup.pooled_client(1).await;
+    tokio::task::block_in_place(|| setup.bouncer.reconfigure(&[("pool_mode", "transaction")]))
+        .expect("switch PgBouncer to transaction pooling");
+    let mut guard = locks
+        .try_acquire("seat:1", Duration::from_secs(30))
+        .await
+        .expect("the lock")
+        .expect("free");
+    let mut direct = setup.direct().await;
+    let holder: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted LIMIT 1",
+    )
+    .fetch_one(&mut direct)
+    .await
+    .expect("the holding session");
+    // Keep the holding server session busy in a transaction of another
+    // pooled client, so the holder's next statement runs on the other one.
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&setup.pooled_url())
+        .await
+        .expect("an application pool through PgBouncer");
+    let mut busy = None;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let mut tx = pool.begin().await.expect("begin");
+        let pid: i32 = sqlx::raw_sql("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .expect("pid");
+        if pid == holder {
+            busy = Some(tx);
+            break;
+        }
+        others.push(tx);
+    }
+    let busy = busy.expect("one of two transactions runs on the holding session");
+    for tx in others {
+        tx.commit().await.expect("commit");
+    }
+    let err = within(LIMIT, "the extend", guard.extend(Duration::from_secs(30)))
+        .await
+        .expect_err("the extend ran on another session");
+    assert!(err.is_lost(), "expected Lost, got {err:?}");
+    assert!(guard.is_lost());
+    busy.commit().await.expect("commit");
+}

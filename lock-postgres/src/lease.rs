@@ -77,6 +77,14 @@ impl PgLease {
         pooled_session(what, stranded)
     }
 
+    /// An extend found the lease behind a transaction pooler: logs why (the
+    /// pooler explanation) and reports the lock [`LockError::Lost`].
+    fn stranded(&self, what: &str) -> LockError {
+        let why = self.pooled(what, true);
+        tracing::warn!(lock.key = self.key, error = %why, "postgres lease stranded");
+        self.lost("stranded on another server session")
+    }
+
     /// Waits for an extend statement in flight (one whose caller was
     /// cancelled, or the current one) and applies its outcome; `Ok` when
     /// none is in flight.
@@ -105,13 +113,16 @@ impl PgLease {
                 self.state = State::Held(conn);
                 Ok(())
             }
+            // Stranded: the lock sits on (or was reset with) a session this
+            // lease cannot reach — lost to it, not a transient failure that
+            // renewal should retry while the guard still counts on it.
             Ok(Ok(None)) => {
                 drop(conn);
-                Err(self.pooled("extend ran on another server session than the lock", true))
+                Err(self.stranded("extend ran on another server session than the lock"))
             }
             Ok(Err(err)) if pooler_statement_error(&err) => {
                 drop(conn);
-                Err(self.pooled(&format!("extend failed ({err})"), true))
+                Err(self.stranded(&format!("extend failed ({err})")))
             }
             Ok(Ok(Some(false))) => {
                 drop(conn);

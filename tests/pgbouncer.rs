@@ -541,10 +541,7 @@ async fn first_session_lock_through_a_resetting_pooler(reset: SessionReset) {
         .await
         .expect("a direct client");
     let op = history.invoke_acquire(1, "seat:1");
-    match direct
-        .acquire("seat:1", TTL, Duration::from_secs(3))
-        .await
-    {
+    match direct.acquire("seat:1", TTL, Duration::from_secs(3)).await {
         Ok(guard) => {
             history.acquired(op, &guard);
             history.invoke_release(op, guard.valid_until());

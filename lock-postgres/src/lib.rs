@@ -222,17 +222,34 @@
 //! which PgBouncer rejects as a startup option).
 //!
 //! Session locks through a transaction pooler are refused, never granted
-//! twice, with [`LockError::InvalidConfig`] saying so, at no extra round
-//! trip: the lock statement returns the session's `pg_backend_pid()`, and
-//! each later statement on the connection (the next lock, `extend`,
-//! `release`) checks it runs on that same session; a granted lock marks its
-//! session (`distlock.held_key`), and no lock — session or transaction
-//! scoped — is granted on a session that carries the mark (advisory locks
-//! are re-entrant within a session, so that would be a double grant). The
-//! errors PgBouncer ≤ 1.20 causes for sqlx's named prepared statements
-//! (`prepared statement "sqlx_s_1" already exists`, …) are reported the same
-//! way. A lock whose `release` finds itself on another session stays on
-//! the session that took it until that session ends or idles for the TTL.
+//! twice, with [`LockError::InvalidConfig`] saying so (and pointing to
+//! [`xact`]). [`connect`](PgLockOptions::connect) checks before the first
+//! grant: one connection marks its server session (a session setting) and
+//! reads the mark back in three later transactions, while a second
+//! connection, opened alongside, looks for the mark and the first one's
+//! `pg_backend_pid()` — one extra connection and seven small queries per
+//! client. A pooler that resets sessions (`server_reset_query_always`),
+//! closes them (`server_lifetime = 0`) or hands one session to both
+//! connections (PgBouncer reuses the session used last) is refused there.
+//! A busy pooler that happens to route every one of those transactions
+//! apart can slip through; the lock statements are the backstop: each
+//! returns the session's `pg_backend_pid()`, each later statement on the
+//! connection (the next lock, `extend`, `release`) checks it runs on that
+//! same session; a granted lock marks its session (`distlock.held_key`),
+//! and no lock — session or transaction scoped — is granted on a session
+//! that carries the mark (advisory locks are re-entrant within a session,
+//! so that would be a double grant). An `extend` that finds itself on
+//! another session reports [`LockError::Lost`] (renewal stops and
+//! [`lost`](LockGuard::lost) resolves); a `release` there returns the
+//! `InvalidConfig`. What the backstop cannot see is a pooler that resets
+//! or closes the holding session *between* two statements of a lock that
+//! passed the check — another reason never to put session locks behind a
+//! transaction pooler. The errors PgBouncer ≤ 1.20 causes for sqlx's named
+//! prepared statements (`prepared statement "sqlx_s_1" already exists`, …)
+//! are reported as the same `InvalidConfig`. A lock whose `release` finds
+//! itself on another session stays on the session that took it until that
+//! session ends or idles for the TTL.
+//!
 //! Transaction locks ([`XactLocks`]) work through such a pooler; with
 //! PgBouncer before 1.21 (which hands sqlx's named prepared statements to
 //! other clients' sessions) turn on [`XactLocks::simple_queries`].

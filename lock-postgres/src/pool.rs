@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lock_api::LockError;
-use sqlx::{AssertSqlSafe, Connection as _, ConnectOptions, Row as _};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection as _, Row as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 

@@ -241,7 +241,10 @@ impl PgBouncer {
             &self.config,
             config_text(self.pg_port, self.port, &self.auth_file, &self.options),
         )
-        .map_err(io_error(format!("could not write {}", self.config.display())))?;
+        .map_err(io_error(format!(
+            "could not write {}",
+            self.config.display()
+        )))?;
         self.admin("RELOAD").map(|_| ())
     }
 

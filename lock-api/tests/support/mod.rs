@@ -111,3 +111,122 @@ pub(crate) async fn bounded<T>(what: &str, future: impl std::future::Future<Outp
         .await
         .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
 }
+
+/// MemoryLock whose server side answers slowly: a release or extend takes
+/// effect at once, then its answer waits until the test opens the gate.
+/// Each call signals `applied` once it has taken effect; a lease signals
+/// `lease_dropped` when the guard machinery lets go of it (after reporting
+/// its release).
+#[derive(Clone)]
+pub(crate) struct SlowAnswer {
+    pub(crate) inner: MemoryLock,
+    /// Notified (one permit) each time a release or extend has taken effect.
+    pub(crate) applied: Arc<tokio::sync::Notify>,
+    /// Answers wait for `true`.
+    pub(crate) gate: tokio::sync::watch::Sender<bool>,
+    /// Notified (one permit) when a lease is dropped.
+    pub(crate) lease_dropped: Arc<tokio::sync::Notify>,
+    /// Release calls that reached the server.
+    pub(crate) releases: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for SlowAnswer {
+    fn default() -> Self {
+        SlowAnswer {
+            inner: MemoryLock::new(),
+            applied: Arc::default(),
+            gate: tokio::sync::watch::Sender::new(false),
+            lease_dropped: Arc::default(),
+            releases: Arc::default(),
+        }
+    }
+}
+
+impl SlowAnswer {
+    /// Lets every answer through, now and later.
+    pub(crate) fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+pub(crate) struct SlowAnswerLease {
+    inner: MemoryLease,
+    backend: SlowAnswer,
+}
+
+impl SlowAnswerLease {
+    async fn answer<T>(&self, result: T) -> T {
+        self.backend.applied.notify_one();
+        let mut gate = self.backend.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        result
+    }
+}
+
+impl Drop for SlowAnswerLease {
+    fn drop(&mut self) {
+        self.backend.lease_dropped.notify_one();
+    }
+}
+
+#[async_trait]
+impl LockBackend for SlowAnswer {
+    type Lease = SlowAnswerLease;
+
+    fn kind(&self) -> &'static str {
+        "slow-answer"
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.inner.max_ttl()
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Attempt<SlowAnswerLease>, LockError> {
+        Ok(match self.inner.try_lock(name, ttl).await? {
+            Attempt::Acquired {
+                lease,
+                fencing_token,
+            } => Attempt::Acquired {
+                lease: SlowAnswerLease {
+                    inner: lease,
+                    backend: self.clone(),
+                },
+                fencing_token,
+            },
+            Attempt::Held { retry_after } => Attempt::Held { retry_after },
+        })
+    }
+}
+
+#[async_trait]
+impl Lease for SlowAnswerLease {
+    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        let result = self.inner.extend(ttl).await;
+        self.answer(result).await
+    }
+
+    async fn release(&mut self) -> Result<(), LockError> {
+        self.backend.releases.fetch_add(1, Ordering::SeqCst);
+        let result = self.inner.release().await;
+        self.answer(result).await
+    }
+}
+
+/// Cancels `guard.release()` right after the server has carried it out,
+/// before its answer arrives; then lets the answer through and waits until
+/// the guard machinery has let go of the lease (its release reported).
+pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: lock_api::LockGuard) {
+    let release = guard.release();
+    tokio::select! {
+        biased;
+        () = locks.applied.notified() => {}
+        result = release => panic!("the release answered before the gate opened: {result:?}"),
+    }
+    // The release future, and the guard with it, are gone now.
+    locks.open_gate();
+    bounded("the lease let go after the cancelled release", locks.lease_dropped.notified()).await;
+}

@@ -49,6 +49,9 @@ pub(crate) struct BackendInfo {
     pub(crate) drift: Drift,
 }
 
+/// The outcome of a guard's one release, as [`Shared::start_release`] hands it out.
+type PendingRelease = Pin<Box<dyn Future<Output = Result<(), LockError>> + Send>>;
+
 /// State shared by a guard, its renewal task and its [`LockContext`]s.
 struct Shared {
     name: String,
@@ -182,10 +185,7 @@ impl Shared {
     /// returned future only stops waiting for it. Without a runtime to spawn
     /// on, the future itself does the release, and dropping it drops the
     /// lease (the TTL, or for PostgreSQL the closed connection, frees it).
-    fn start_release(
-        self: &Arc<Self>,
-        message: &'static str,
-    ) -> Option<Pin<Box<dyn Future<Output = Result<(), LockError>> + Send>>> {
+    fn start_release(self: &Arc<Self>, message: &'static str) -> Option<PendingRelease> {
         if self.release_started.swap(true, Ordering::AcqRel) {
             return None;
         }

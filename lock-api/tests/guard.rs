@@ -337,7 +337,11 @@ async fn a_release_cancelled_after_the_server_ran_is_not_sent_again() {
         .await
         .expect("free lock");
     cancel_release_after_it_ran(&locks, guard).await;
-    assert_eq!(locks.releases.load(Ordering::SeqCst), 1, "one release reached the server");
+    assert_eq!(
+        locks.releases.load(Ordering::SeqCst),
+        1,
+        "one release reached the server"
+    );
     let next = locks
         .try_acquire("cancelled-late", Duration::from_secs(30))
         .await
@@ -364,7 +368,11 @@ async fn an_extend_cancelled_in_flight_keeps_the_old_validity() {
             panic!("the extend answered before the gate opened: {result:?}")
         }
     }
-    assert_eq!(guard.valid_until(), valid_until, "an unanswered extend moves nothing");
+    assert_eq!(
+        guard.valid_until(),
+        valid_until,
+        "an unanswered extend moves nothing"
+    );
     assert_eq!(guard.ttl(), Duration::from_secs(30));
     assert!(!guard.is_lost());
     locks.open_gate();

@@ -27,9 +27,17 @@ async fn with_lock_reports_lost_lock_on_memory() {
     let locks = MemoryLock::new();
     let other = locks.clone();
     let server = locks.clone();
-    conformance::with_lock_reports_lost_lock(&locks, &other, &Config::default(), |name| async move {
-        assert!(server.expire_now(&name), "the lock is held while with_lock's closure runs");
-    })
+    conformance::with_lock_reports_lost_lock(
+        &locks,
+        &other,
+        &Config::default(),
+        |name| async move {
+            assert!(
+                server.expire_now(&name),
+                "the lock is held while with_lock's closure runs"
+            );
+        },
+    )
     .await;
     assert_eq!(locks.held(), 0, "the check must leave no lock held");
 }

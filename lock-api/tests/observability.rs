@@ -367,7 +367,11 @@ mod tracing_output {
             .iter()
             .filter(|event| event.message().starts_with("lock released"))
             .collect();
-        assert_eq!(released.len(), 2, "one release event per guard: {released:?}");
+        assert_eq!(
+            released.len(),
+            2,
+            "one release event per guard: {released:?}"
+        );
         for event in released {
             assert_eq!(field(&event.fields, "outcome"), Some("ok"), "{event:?}");
         }

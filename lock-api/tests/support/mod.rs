@@ -228,5 +228,9 @@ pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: lock_
     }
     // The release future, and the guard with it, are gone now.
     locks.open_gate();
-    bounded("the lease let go after the cancelled release", locks.lease_dropped.notified()).await;
+    bounded(
+        "the lease let go after the cancelled release",
+        locks.lease_dropped.notified(),
+    )
+    .await;
 }

@@ -394,3 +394,27 @@ async fn an_extend_cancelled_in_flight_keeps_the_old_validity() {
         .expect("the lock is free");
     next.release().await.expect("still ours");
 }
+
+/// A final release that cannot reach the server does not make `with_lock`
+/// fail: the guard was valid when the work finished, so the work ran under
+/// a valid lease (the TTL frees the lock).
+#[tokio::test]
+async fn with_lock_returns_the_value_when_only_the_final_release_cannot_reach_the_server() {
+    let locks = Switchable::default();
+    let unreachable = Arc::clone(&locks.release_unreachable);
+    let value = bounded(
+        "with_lock",
+        locks.with_lock(
+            "release-unreachable",
+            Duration::from_secs(30),
+            Duration::ZERO,
+            |_| async move {
+                unreachable.store(true, Ordering::SeqCst);
+                7
+            },
+        ),
+    )
+    .await
+    .expect("the work ran under a valid lease");
+    assert_eq!(value, 7);
+}

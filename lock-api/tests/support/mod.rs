@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,11 +28,14 @@ pub(crate) struct Switchable {
     pub(crate) slow_backoff: bool,
     /// Signalled each time an attempt finds the lock held.
     pub(crate) refused: Arc<tokio::sync::Notify>,
+    /// Releases fail with a connection error (the server is not asked).
+    pub(crate) release_unreachable: Arc<AtomicBool>,
 }
 
 pub(crate) struct SwitchableLease {
     inner: MemoryLease,
     extend: Arc<AtomicU8>,
+    release_unreachable: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -71,6 +74,7 @@ impl LockBackend for Switchable {
                 lease: SwitchableLease {
                     inner: lease,
                     extend: Arc::clone(&self.extend),
+                    release_unreachable: Arc::clone(&self.release_unreachable),
                 },
                 fencing_token,
             },
@@ -102,6 +106,9 @@ impl Lease for SwitchableLease {
     }
 
     async fn release(&mut self) -> Result<(), LockError> {
+        if self.release_unreachable.load(Ordering::SeqCst) {
+            return Err(LockError::connection("server unreachable (test)"));
+        }
         self.inner.release().await
     }
 }

@@ -92,9 +92,12 @@ pub trait Lease: Send + 'static {
 
     /// Gives the lock back, if it is still ours; [`LockError::Lost`] if not.
     ///
-    /// May be called again after a cancelled or failed call (a guard dropped
-    /// mid-release retries in the background), so it must be idempotent in
-    /// effect. A lease dropped without a successful release must not leave a
-    /// lock behind for longer than its TTL (or its connection's life).
+    /// The guard calls it at most once per lease, from a task of its own
+    /// that the guard's user cannot cancel (a cancelled
+    /// [`LockGuard::release`](crate::LockGuard::release) only stops waiting
+    /// for it), and reports its answer as it is. The task can still be
+    /// dropped mid-call when the runtime shuts down: a lease dropped without
+    /// a successful release must not leave a lock behind for longer than its
+    /// TTL (or its connection's life).
     async fn release(&mut self) -> Result<(), LockError>;
 }

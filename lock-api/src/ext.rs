@@ -15,12 +15,6 @@ pub trait DistributedLockExt: DistributedLock {
     /// `work` receives a [`LockContext`] with the fencing token to pass on to
     /// the storage it writes.
     ///
-    /// If the lock is lost while `work` runs (renewal found it taken, or could
-    /// not reach the server before the lease ran out), `work` is dropped at its
-    /// next await point and the call returns [`LockError::Lost`]: the work
-    /// never runs on without the lock. A failure of the final release is
-    /// logged, not returned, since the work finished while the lock was held.
-    ///
     /// ```
     /// use std::time::Duration;
     /// use lock_api::{DistributedLockExt, MemoryLock};
@@ -38,6 +32,27 @@ pub trait DistributedLockExt: DistributedLock {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] whenever the lock may not have been ours for the
+    /// whole of `work`, even if `work` finished:
+    /// - renewal found it taken, or could not reach the server before the
+    ///   lease ran out: `work` is dropped at its next await point, so it
+    ///   never runs on without the lock;
+    /// - the guard's validity had passed when `work` finished;
+    /// - the final release found the lock no longer ours (it expired, was
+    ///   deleted, its session ended): `work` may have overlapped another
+    ///   holder, and its value is discarded.
+    ///
+    /// A final release that cannot reach the server
+    /// ([`LockError::Connection`] or [`LockError::Backend`]) does not turn
+    /// the result into an error: the guard was still valid when `work`
+    /// finished, so `work` ran under a valid lease. That failure is logged
+    /// and the lock is freed by its TTL.
+    ///
+    /// Errors of the acquire (such as [`LockError::Timeout`]) are returned
+    /// as they are, before `work` runs.
     ///
     /// # Cancel safety
     ///
@@ -65,12 +80,18 @@ pub trait DistributedLockExt: DistributedLock {
                 () = lost => None,
             };
             match outcome {
-                Some(value) if !guard.is_lost() => {
-                    if let Err(err) = guard.release().await {
-                        tracing::warn!(lock.name = name, error = %err, "release after with_lock failed");
+                Some(value) if !guard.is_lost() => match guard.release().await {
+                    Ok(()) => Ok(value),
+                    // The lock was not ours at the end: the work may have
+                    // overlapped the next holder's.
+                    Err(LockError::Lost) => Err(LockError::Lost),
+                    Err(err) => {
+                        // Valid when the work ended; the guard has logged the
+                        // failed release, and the TTL frees the lock.
+                        tracing::debug!(lock.name = name, error = %err, "release after with_lock failed");
+                        Ok(value)
                     }
-                    Ok(value)
-                }
+                },
                 _ => {
                     let _ = guard.release().await;
                     Err(LockError::Lost)

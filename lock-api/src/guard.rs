@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub(crate) struct BackendInfo {
     pub(crate) drift: Drift,
 }
 
+/// The outcome of a guard's one release, as [`Shared::start_release`] hands it out.
+type PendingRelease = Pin<Box<dyn Future<Output = Result<(), LockError>> + Send>>;
+
 /// State shared by a guard, its renewal task and its [`LockContext`]s.
 struct Shared {
     name: String,
@@ -57,8 +61,11 @@ struct Shared {
     drift: Drift,
     /// The start of the winning attempt: where the hold time counts from.
     acquired_at: Instant,
-    /// `None` once released (or handed to a background release).
+    /// `None` once the release task has taken it.
     lease: tokio::sync::Mutex<Option<Box<dyn Lease>>>,
+    /// Set when the one release of this guard has started (see
+    /// [`Shared::start_release`]).
+    release_started: AtomicBool,
     validity: Mutex<Validity>,
     /// Set when the lock was found lost (not when it was released).
     lost: AtomicBool,
@@ -154,17 +161,92 @@ impl Shared {
         }
     }
 
+    /// The runtime to run background work on: the current one, else the
+    /// one the guard was granted on.
+    fn handle(&self) -> Option<Handle> {
+        Handle::try_current().ok().or_else(|| self.runtime.clone())
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         // Spawning onto a runtime that has shut down drops the task, which
         // is the best we can do then: the TTL frees the lock.
-        match Handle::try_current() {
-            Ok(handle) => drop(handle.spawn(task)),
-            Err(_) => {
-                if let Some(handle) = &self.runtime {
-                    drop(handle.spawn(task));
-                }
-            }
+        if let Some(handle) = self.handle() {
+            drop(handle.spawn(task));
         }
+    }
+
+    /// Starts the one release of this guard's lease, unless it has started
+    /// already (then `None`), and returns a future of its result.
+    ///
+    /// The release runs in a task of its own that owns the lease, so a
+    /// caller that stops waiting (a cancelled [`LockGuard::release`], a
+    /// dropped guard) cannot abort the request halfway: the server is asked
+    /// once, and its answer is reported once, as it is. Dropping the
+    /// returned future only stops waiting for it. Without a runtime to spawn
+    /// on, the future itself does the release, and dropping it drops the
+    /// lease (the TTL, or for PostgreSQL the closed connection, frees it).
+    fn start_release(self: &Arc<Self>, message: &'static str) -> Option<PendingRelease> {
+        if self.release_started.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // The hold ends now, whether or not a runtime is left to tell the
+        // server.
+        observe::held(self.kind, self.acquired_at);
+        // Take the lease now unless an extend has it, so that it goes with
+        // the task even if the task never runs.
+        let lease = match self.lease.try_lock() {
+            Ok(mut slot) => Some(slot.take()),
+            Err(_) => None,
+        };
+        let shared = Arc::clone(self);
+        let task = async move {
+            let lease = match lease {
+                Some(lease) => lease,
+                // The renewal task is mid-extend: release once it lets go.
+                None => shared.lease.lock().await.take(),
+            };
+            shared.finish_release(lease, message).await
+        };
+        Some(match self.handle() {
+            Some(handle) => {
+                let task = handle.spawn(task);
+                Box::pin(async move {
+                    match task.await {
+                        Ok(result) => result,
+                        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                        Err(_) => Err(LockError::connection(
+                            "the runtime shut down before the release finished; the TTL frees \
+                             the lock",
+                        )),
+                    }
+                })
+            }
+            None => Box::pin(task),
+        })
+    }
+
+    /// Releases `lease` on the server and reports the outcome (once per
+    /// guard, as the caller gets it).
+    async fn finish_release(
+        &self,
+        lease: Option<Box<dyn Lease>>,
+        message: &'static str,
+    ) -> Result<(), LockError> {
+        let mut lease = lease;
+        let result = match lease.as_mut() {
+            Some(lease) => lease.release().await,
+            None => Err(LockError::Lost),
+        };
+        self.ended.cancel();
+        let result = match result {
+            // A lock found lost before cannot be released as ours.
+            Ok(()) if self.lost.load(Ordering::Acquire) => Err(LockError::Lost),
+            other => other,
+        };
+        self.released(&result, message);
+        // Only now: a lease may hold resources (a connection) until dropped.
+        drop(lease);
+        result
     }
 
     fn lost_future(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
@@ -209,6 +291,7 @@ impl LockGuard {
                 drift,
                 acquired_at: started,
                 lease: tokio::sync::Mutex::new(Some(lease)),
+                release_started: AtomicBool::new(false),
                 validity: Mutex::new(Validity::new(started, ttl, drift)),
                 lost: AtomicBool::new(false),
                 ended: CancellationToken::new(),
@@ -342,28 +425,19 @@ impl LockGuard {
     ///
     /// # Cancel safety
     ///
-    /// If the future is dropped before it completes, the guard is dropped
-    /// with it and the release finishes in the background, as on drop.
+    /// Cancel safe. The request runs in a task of its own (on the Tokio
+    /// runtime), which the future only waits for: if the future is dropped,
+    /// the release still completes in the background, the server is asked
+    /// exactly once, and its answer is logged and counted as it is — a
+    /// release the server carried out is never reported as a lost lock.
     pub async fn release(self) -> Result<(), LockError> {
         self.shared.stop_renewal();
-        let mut slot = self.shared.lease.lock().await;
-        let result = match slot.as_mut() {
-            Some(lease) => lease.release().await,
+        match self.shared.start_release("lock released") {
+            Some(release) => release.await,
+            // Unreachable: only `release` (which takes the guard) and drop
+            // start a release.
             None => Err(LockError::Lost),
-        };
-        // Only now is the lease done with; a cancellation above leaves it in
-        // the slot for Drop to release.
-        *slot = None;
-        drop(slot);
-        self.shared.ended.cancel();
-        let was_lost = self.shared.lost.load(Ordering::Acquire);
-        let result = match result {
-            Ok(()) if was_lost => Err(LockError::Lost),
-            other => other,
-        };
-        observe::held(self.shared.kind, self.shared.acquired_at);
-        self.shared.released(&result, "lock released");
-        result
+        }
     }
 
     /// Starts renewing the lock in the background: about every `ttl / 3`
@@ -422,28 +496,8 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         self.shared.stop_renewal();
         self.shared.ended.cancel();
-        let lease = match self.shared.lease.try_lock() {
-            Ok(mut slot) => match slot.take() {
-                Some(lease) => Some(lease),
-                None => return, // released already
-            },
-            // The renewal task is mid-extend: release once it lets go.
-            Err(_) => None,
-        };
-        // The hold ends now, whether or not a runtime is left to tell the
-        // server.
-        observe::held(self.shared.kind, self.shared.acquired_at);
-        let shared = Arc::clone(&self.shared);
-        self.shared.spawn(async move {
-            let lease = match lease {
-                Some(lease) => Some(lease),
-                None => shared.lease.lock().await.take(),
-            };
-            if let Some(mut lease) = lease {
-                let result = lease.release().await;
-                shared.released(&result, "lock released on drop");
-            }
-        });
+        // Spawned unless a release already runs; nothing to wait for here.
+        drop(self.shared.start_release("lock released on drop"));
     }
 }
 

@@ -98,6 +98,38 @@ impl MemoryLock {
             .filter(|entry| entry.live_holder(now).is_some())
             .count()
     }
+
+    /// Ends the current hold of `name` now, as if its TTL had run out on the
+    /// server, without telling its guard: for tests of what a holder does
+    /// when its lock is taken away behind its back (an operator deleting a
+    /// key, a server that lost its data, a session that was killed).
+    ///
+    /// The guard keeps believing it holds the lock until it next asks (an
+    /// extend, a renewal, the release, which then say [`LockError::Lost`]);
+    /// anyone may take the lock at once, and waiters are woken. Returns
+    /// whether `name` was held.
+    pub fn expire_now(&self, name: &str) -> bool {
+        let now = Instant::now();
+        let mut entries = self.inner.lock_entries();
+        let held = match entries.get_mut(name) {
+            Some(entry) => match entry.live_holder(now) {
+                Some(holder) => {
+                    entry.holder = Some(Holder {
+                        id: holder.id,
+                        expires: now,
+                    });
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        drop(entries);
+        if held {
+            self.inner.wakeups.notify(name);
+        }
+        held
+    }
 }
 
 fn expiry(now: Instant, ttl: Duration) -> Instant {

@@ -325,3 +325,96 @@ fn guards_dropped_while_a_current_thread_runtime_shuts_down_do_not_panic() {
             .expect("runtime"),
     );
 }
+
+/// A release cancelled after the server carried it out (its answer slow):
+/// the lock is free, and the server was asked once, not asked again by a
+/// background release that would find the lock gone.
+#[tokio::test]
+async fn a_release_cancelled_after_the_server_ran_is_not_sent_again() {
+    let locks = SlowAnswer::default();
+    let guard = locks
+        .acquire("cancelled-late", Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("free lock");
+    cancel_release_after_it_ran(&locks, guard).await;
+    assert_eq!(
+        locks.releases.load(Ordering::SeqCst),
+        1,
+        "one release reached the server"
+    );
+    let next = locks
+        .try_acquire("cancelled-late", Duration::from_secs(30))
+        .await
+        .expect("try_acquire")
+        .expect("the lock is free");
+    next.release().await.expect("still ours");
+}
+
+/// An extend cancelled after the server carried it out, before its answer:
+/// the guard keeps its old, conservative validity, is not lost, and a later
+/// release still gives the lock back.
+#[tokio::test]
+async fn an_extend_cancelled_in_flight_keeps_the_old_validity() {
+    let locks = SlowAnswer::default();
+    let mut guard = locks
+        .acquire("extend-cancelled", Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("free lock");
+    let valid_until = guard.valid_until();
+    tokio::select! {
+        biased;
+        () = locks.applied.notified() => {}
+        result = guard.extend(Duration::from_secs(60)) => {
+            panic!("the extend answered before the gate opened: {result:?}")
+        }
+    }
+    assert_eq!(
+        guard.valid_until(),
+        valid_until,
+        "an unanswered extend moves nothing"
+    );
+    assert_eq!(guard.ttl(), Duration::from_secs(30));
+    assert!(!guard.is_lost());
+    locks.open_gate();
+    assert!(
+        locks
+            .try_acquire("extend-cancelled", Duration::from_secs(1))
+            .await
+            .expect("try_acquire")
+            .is_none(),
+        "still held"
+    );
+    bounded("release after a cancelled extend", guard.release())
+        .await
+        .expect("still ours");
+    let next = locks
+        .try_acquire("extend-cancelled", Duration::from_secs(30))
+        .await
+        .expect("try_acquire")
+        .expect("the lock is free");
+    next.release().await.expect("still ours");
+}
+
+/// A final release that cannot reach the server does not make `with_lock`
+/// fail: the guard was valid when the work finished, so the work ran under
+/// a valid lease (the TTL frees the lock).
+#[tokio::test]
+async fn with_lock_returns_the_value_when_only_the_final_release_cannot_reach_the_server() {
+    let locks = Switchable::default();
+    let unreachable = Arc::clone(&locks.release_unreachable);
+    let value = bounded(
+        "with_lock",
+        locks.with_lock(
+            "release-unreachable",
+            Duration::from_secs(30),
+            Duration::ZERO,
+            |_| async move {
+                unreachable.store(true, Ordering::SeqCst);
+                7
+            },
+        ),
+    )
+    .await
+    .expect("the work ran under a valid lease");
+    assert_eq!(value, 7);
+}

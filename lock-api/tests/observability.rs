@@ -334,6 +334,48 @@ mod tracing_output {
                 .any(|event| event.message() == "lock lost")
         );
     }
+
+    /// A release cancelled after the server carried it out, whose answer
+    /// comes late: the guard must report it as it happened (released, ok),
+    /// not as a lost lock found by a second release in the background.
+    #[test]
+    fn a_release_cancelled_after_the_server_ran_is_not_reported_lost() {
+        let captured = traced(|| async {
+            let locks = SlowAnswer::default();
+            let guard = locks
+                .acquire("cancelled-release", Duration::from_secs(30), Duration::ZERO)
+                .await
+                .expect("free");
+            cancel_release_after_it_ran(&locks, guard).await;
+            let next = locks
+                .try_acquire("cancelled-release", Duration::from_secs(30))
+                .await
+                .expect("try_acquire")
+                .expect("the lock is free after the release");
+            locks.open_gate();
+            next.release().await.expect("still ours");
+        });
+
+        let lost: Vec<&EventRecord> = captured
+            .events
+            .iter()
+            .filter(|event| event.message() == "lock lost")
+            .collect();
+        assert!(lost.is_empty(), "a released lock reported lost: {lost:?}");
+        let released: Vec<&EventRecord> = captured
+            .events
+            .iter()
+            .filter(|event| event.message().starts_with("lock released"))
+            .collect();
+        assert_eq!(
+            released.len(),
+            2,
+            "one release event per guard: {released:?}"
+        );
+        for event in released {
+            assert_eq!(field(&event.fields, "outcome"), Some("ok"), "{event:?}");
+        }
+    }
 }
 
 #[cfg(feature = "metrics")]
@@ -710,5 +752,42 @@ mod metrics_output {
                 metric.name
             );
         }
+    }
+
+    /// As the tracing test of the same name: one release, counted `ok`,
+    /// and no lost lock.
+    #[test]
+    fn a_release_cancelled_after_the_server_ran_is_not_counted_lost() {
+        let metrics = recorded(|| async {
+            let locks = SlowAnswer::default();
+            let guard = locks
+                .acquire("cancelled-release", Duration::from_secs(30), Duration::ZERO)
+                .await
+                .expect("free");
+            cancel_release_after_it_ran(&locks, guard).await;
+        });
+        let backend = [("backend", "slow-answer")];
+        assert_eq!(counter(&metrics, "distlock_locks_lost_total", &backend), 0);
+        assert_eq!(
+            counter(
+                &metrics,
+                "distlock_releases_total",
+                &[("backend", "slow-answer"), ("outcome", "ok")]
+            ),
+            1
+        );
+        assert_eq!(
+            counter(
+                &metrics,
+                "distlock_releases_total",
+                &[("backend", "slow-answer"), ("outcome", "lost")]
+            ),
+            0
+        );
+        assert_eq!(
+            histogram(&metrics, "distlock_lock_held_seconds", &backend).len(),
+            1,
+            "one hold ended"
+        );
     }
 }

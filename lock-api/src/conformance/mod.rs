@@ -75,6 +75,14 @@
 //! | [`with_lock_holds_and_renews`] | `with_lock` holds, renews, and releases |
 //! | [`lost_resolves_after_validity`] | `lost()` and `is_lost()` agree with the validity |
 //!
+//! One more check needs the backend's help and is called by each backend's
+//! tests with a hook that takes a held lock away on the server (it is not in
+//! [`run_all`] or [`conformance_tests!`](crate::conformance_tests)):
+//!
+//! | check | rule |
+//! |---|---|
+//! | [`with_lock_reports_lost_lock`] | `with_lock` returns `Lost`, not `Ok`, when the lock was taken away while its closure ran |
+//!
 //! [`MemoryLock`]: crate::MemoryLock
 
 use std::future::Future;
@@ -89,6 +97,7 @@ mod fencing;
 mod input;
 mod renewal;
 mod support;
+mod theft;
 mod waiting;
 
 pub use exclusion::{
@@ -100,6 +109,7 @@ pub use expiry::{
 pub use fencing::fencing_tokens_increase;
 pub use input::invalid_input_is_rejected;
 pub use renewal::{auto_renew_keeps_lock, extend_keeps_lock, with_lock_holds_and_renews};
+pub use theft::with_lock_reports_lost_lock;
 pub use waiting::{
     acquire_times_out_on_time, cancelled_acquire_leaves_no_lock, cancelled_wait_leaves_no_lock,
     dropped_guard_frees_lock,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,11 +28,14 @@ pub(crate) struct Switchable {
     pub(crate) slow_backoff: bool,
     /// Signalled each time an attempt finds the lock held.
     pub(crate) refused: Arc<tokio::sync::Notify>,
+    /// Releases fail with a connection error (the server is not asked).
+    pub(crate) release_unreachable: Arc<AtomicBool>,
 }
 
 pub(crate) struct SwitchableLease {
     inner: MemoryLease,
     extend: Arc<AtomicU8>,
+    release_unreachable: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -71,6 +74,7 @@ impl LockBackend for Switchable {
                 lease: SwitchableLease {
                     inner: lease,
                     extend: Arc::clone(&self.extend),
+                    release_unreachable: Arc::clone(&self.release_unreachable),
                 },
                 fencing_token,
             },
@@ -102,6 +106,9 @@ impl Lease for SwitchableLease {
     }
 
     async fn release(&mut self) -> Result<(), LockError> {
+        if self.release_unreachable.load(Ordering::SeqCst) {
+            return Err(LockError::connection("server unreachable (test)"));
+        }
         self.inner.release().await
     }
 }
@@ -110,4 +117,127 @@ pub(crate) async fn bounded<T>(what: &str, future: impl std::future::Future<Outp
     tokio::time::timeout(BOUND, future)
         .await
         .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
+}
+
+/// MemoryLock whose server side answers slowly: a release or extend takes
+/// effect at once, then its answer waits until the test opens the gate.
+/// Each call signals `applied` once it has taken effect; a lease signals
+/// `lease_dropped` when the guard machinery lets go of it (after reporting
+/// its release).
+#[derive(Clone)]
+pub(crate) struct SlowAnswer {
+    pub(crate) inner: MemoryLock,
+    /// Notified (one permit) each time a release or extend has taken effect.
+    pub(crate) applied: Arc<tokio::sync::Notify>,
+    /// Answers wait for `true`.
+    pub(crate) gate: tokio::sync::watch::Sender<bool>,
+    /// Notified (one permit) when a lease is dropped.
+    pub(crate) lease_dropped: Arc<tokio::sync::Notify>,
+    /// Release calls that reached the server.
+    pub(crate) releases: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for SlowAnswer {
+    fn default() -> Self {
+        SlowAnswer {
+            inner: MemoryLock::new(),
+            applied: Arc::default(),
+            gate: tokio::sync::watch::Sender::new(false),
+            lease_dropped: Arc::default(),
+            releases: Arc::default(),
+        }
+    }
+}
+
+impl SlowAnswer {
+    /// Lets every answer through, now and later.
+    pub(crate) fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+pub(crate) struct SlowAnswerLease {
+    inner: MemoryLease,
+    backend: SlowAnswer,
+}
+
+impl SlowAnswerLease {
+    async fn answer<T>(&self, result: T) -> T {
+        self.backend.applied.notify_one();
+        let mut gate = self.backend.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        result
+    }
+}
+
+impl Drop for SlowAnswerLease {
+    fn drop(&mut self) {
+        self.backend.lease_dropped.notify_one();
+    }
+}
+
+#[async_trait]
+impl LockBackend for SlowAnswer {
+    type Lease = SlowAnswerLease;
+
+    fn kind(&self) -> &'static str {
+        "slow-answer"
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.inner.max_ttl()
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Attempt<SlowAnswerLease>, LockError> {
+        Ok(match self.inner.try_lock(name, ttl).await? {
+            Attempt::Acquired {
+                lease,
+                fencing_token,
+            } => Attempt::Acquired {
+                lease: SlowAnswerLease {
+                    inner: lease,
+                    backend: self.clone(),
+                },
+                fencing_token,
+            },
+            Attempt::Held { retry_after } => Attempt::Held { retry_after },
+        })
+    }
+}
+
+#[async_trait]
+impl Lease for SlowAnswerLease {
+    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        let result = self.inner.extend(ttl).await;
+        self.answer(result).await
+    }
+
+    async fn release(&mut self) -> Result<(), LockError> {
+        self.backend.releases.fetch_add(1, Ordering::SeqCst);
+        let result = self.inner.release().await;
+        self.answer(result).await
+    }
+}
+
+/// Cancels `guard.release()` right after the server has carried it out,
+/// before its answer arrives; then lets the answer through and waits until
+/// the guard machinery has let go of the lease (its release reported).
+pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: lock_api::LockGuard) {
+    let release = guard.release();
+    tokio::select! {
+        biased;
+        () = locks.applied.notified() => {}
+        result = release => panic!("the release answered before the gate opened: {result:?}"),
+    }
+    // The release future, and the guard with it, are gone now.
+    locks.open_gate();
+    bounded(
+        "the lease let go after the cancelled release",
+        locks.lease_dropped.notified(),
+    )
+    .await;
 }

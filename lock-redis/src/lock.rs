@@ -9,7 +9,7 @@ use lock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, 
 use tokio_util::sync::DropGuard;
 
 use crate::connection::RedisConnection;
-use crate::keys::{fence_key, lock_key};
+use crate::keys::{fence_key, lock_key, released_key};
 use crate::node::{Node, Reconnect};
 use crate::options::RedisLockOptions;
 use crate::scripts::{ACQUIRE, EXTEND, MARK_WAITED, RELEASE};
@@ -46,6 +46,24 @@ struct Inner {
     wake: WakeHub,
     /// Stops the subscriber task when the last clone goes away.
     _listener: Option<DropGuard>,
+}
+
+impl Inner {
+    /// How long a cluster release keeps its record (0 on one server, which
+    /// never sends a command twice): as long as one command may take, so
+    /// any copy the cluster client sends again while we still wait for the
+    /// answer finds it.
+    fn release_record_ms(&self) -> u64 {
+        if self.cluster {
+            let limit = self
+                .options
+                .connect_timeout
+                .saturating_add(self.options.response_timeout);
+            millis_ceil(limit)
+        } else {
+            0
+        }
+    }
 }
 
 impl fmt::Debug for RedisLock {
@@ -226,6 +244,7 @@ impl RedisLock {
         invocation
             .key(&lease.key)
             .key(fence_key(&lease.key))
+            .key(released_key(&lease.key))
             .arg(&lease.token[..])
             .arg(millis_ceil(ttl));
         let fence: i64 = self.inner.node.run("acquire", &invocation).await?;
@@ -364,8 +383,10 @@ impl RedisLease {
         let mut invocation = RELEASE.prepare_invoke();
         invocation
             .key(&self.key)
+            .key(released_key(&self.key))
             .arg(&self.token[..])
-            .arg(&self.inner.channel);
+            .arg(&self.inner.channel)
+            .arg(self.inner.release_record_ms());
         let released: i64 = self.inner.node.run("release", &invocation).await?;
         if released == 1 {
             self.state = State::Released;

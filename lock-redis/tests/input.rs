@@ -251,3 +251,60 @@ fn rand_suffix() -> String {
             )
     )
 }
+
+/// A user's `SELECT` on the connection `RedisLock::connection` gives them
+/// must not move the locks to another database: a second client on the
+/// lock's own database must still find the lock held (checked by the
+/// history checker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_on_the_user_connection_leaves_the_locks_where_they_are() {
+    let server = RedisServer::start().expect("a server of our own");
+    let url = format!("{}/0", server.url().trim_end_matches('/'));
+    let locks = RedisLock::options()
+        .wake_on_release(false)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let other = RedisLock::options()
+        .wake_on_release(false)
+        .connect(&url)
+        .await
+        .expect("connect a second client");
+    let mut raw = locks.connection();
+    let () = redis::cmd("SELECT")
+        .arg(5)
+        .query_async(&mut raw)
+        .await
+        .expect("SELECT 5");
+    let history = lock_testkit::History::new();
+    let name = "select:moved";
+    let first = history
+        .try_acquire(0, &locks, name, TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    let second = history.try_acquire(1, &other, name, TTL).await;
+    if let Ok(Some(second)) = second {
+        second.release().await.expect("release the second");
+    }
+    first.release().await.expect("release the first");
+    // The lock key went to database 0, where the URL points, and the
+    // user's connection really is on database 5.
+    let mut direct = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("direct connection");
+    let moved: i64 = redis::cmd("EXISTS")
+        .arg("distlock:{select:moved}:fence")
+        .query_async(&mut direct)
+        .await
+        .expect("EXISTS");
+    let user_db: i64 = redis::cmd("EXISTS")
+        .arg("distlock:{select:moved}:fence")
+        .query_async(&mut raw)
+        .await
+        .expect("EXISTS");
+    history.check().assert_ok();
+    assert_eq!((moved, user_db), (1, 0), "the counter is in database 0 only");
+}

@@ -33,7 +33,7 @@ async fn connect(url: &str) -> RedisLock {
 async fn reconnected(locks: &RedisLock) {
     within(Duration::from_secs(10), "reconnect", async {
         loop {
-            let mut conn = locks.connection();
+            let mut conn = locks.connection().await.expect("a connection of our own");
             let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
             if pong.is_ok() {
                 return;
@@ -83,7 +83,7 @@ async fn with_appendfsync_always_a_held_lock_survives_kill_9() {
     reconnected(&locks).await;
 
     // The lock is back, with what was left of its TTL.
-    let mut conn = locks.connection();
+    let mut conn = locks.connection().await.expect("a connection of our own");
     let pttl: i64 = redis::cmd("PTTL")
         .arg(KEY)
         .query_async(&mut conn)

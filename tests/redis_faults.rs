@@ -40,7 +40,7 @@ fn is_connection(err: &LockError) -> bool {
 async fn reconnected(locks: &RedisLock) {
     within(Duration::from_secs(10), "reconnect", async {
         loop {
-            let mut conn = locks.connection();
+            let mut conn = locks.connection().await.expect("a connection of our own");
             let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
             if pong.is_ok() {
                 return;
@@ -80,7 +80,7 @@ async fn kill_9_while_locks_are_held() {
     // Each waiter's first attempt marks the lock as waited for (a `+` after
     // the holder's token): then they are all queued.
     within(Duration::from_secs(5), "the waiters queue up", async {
-        let mut conn = locks.connection();
+        let mut conn = locks.connection().await.expect("a connection of our own");
         for name in &names {
             loop {
                 let token: Option<String> = redis::cmd("GET")

@@ -85,7 +85,11 @@ mod tests {
             let lock = lock_key("distlock:", name);
             let fence = fence_key(&lock);
             assert_eq!(hash_tag(&lock), hash_tag(&fence), "name {name:?}");
-            assert_eq!(hash_tag(&lock), hash_tag(&released_key(&lock)), "name {name:?}");
+            assert_eq!(
+                hash_tag(&lock),
+                hash_tag(&released_key(&lock)),
+                "name {name:?}"
+            );
             assert!(!hash_tag(&lock).is_empty(), "name {name:?}");
             assert_ne!(hash_tag(&lock), lock, "name {name:?} has no tag");
         }

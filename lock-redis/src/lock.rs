@@ -36,6 +36,8 @@ pub struct RedisLock {
 struct Inner {
     /// The server, or the cluster.
     node: Node,
+    /// Where [`RedisLock::connection`] opens users' own connections.
+    source: Source,
     /// Whether `node` is a cluster (acquire is then a script: a cluster
     /// client follows a `MOVED` for one command, not inside a transaction).
     cluster: bool,
@@ -46,6 +48,14 @@ struct Inner {
     wake: WakeHub,
     /// Stops the subscriber task when the last clone goes away.
     _listener: Option<DropGuard>,
+}
+
+/// What a [`RedisLock`] connected to, to open more connections there.
+enum Source {
+    /// The server's URL (with its password: never printed).
+    Single(String),
+    /// The cluster's seed URLs.
+    Cluster(Vec<String>),
 }
 
 impl Inner {
@@ -137,7 +147,8 @@ impl RedisLock {
             0 => format!("{}released", options.prefix),
             db => format!("{}released@{db}", options.prefix),
         };
-        Self::finish(node, false, vec![client], channel, options).await
+        let source = Source::Single(url.to_owned());
+        Self::finish(node, source, vec![client], channel, options).await
     }
 
     pub(crate) async fn connect_cluster_with<S: AsRef<str> + Sync>(
@@ -160,15 +171,16 @@ impl RedisLock {
             }
         }
         let (node, clients) = Node::connect_cluster(&seeds, &options).await?;
+        let source = Source::Cluster(seeds);
         // A cluster has database 0 only, and a message published on any of
         // its nodes reaches subscribers on all of them.
         let channel = format!("{}released", options.prefix);
-        Self::finish(node, true, clients, channel, options).await
+        Self::finish(node, source, clients, channel, options).await
     }
 
     async fn finish(
         node: Node,
-        cluster: bool,
+        source: Source,
         subscribe_through: Vec<redis::Client>,
         channel: String,
         options: RedisLockOptions,
@@ -188,9 +200,11 @@ impl RedisLock {
         } else {
             None
         };
+        let cluster = matches!(source, Source::Cluster(_));
         Ok(RedisLock {
             inner: Arc::new(Inner {
                 node,
+                source,
                 cluster,
                 options,
                 channel,
@@ -210,10 +224,35 @@ impl RedisLock {
         self.inner.cluster
     }
 
-    /// The shared multiplexed connection, for commands of your own next to
-    /// the locks (they pipeline with the lock traffic).
-    pub fn connection(&self) -> RedisConnection {
-        self.inner.node.conn.clone()
+    /// Opens a connection of your own to the same server (or cluster),
+    /// with this lock's options (URL, credentials, TLS, timeouts), for
+    /// commands next to the locks.
+    ///
+    /// It is never the connection the locks use: a `SELECT`, a blocking
+    /// command (`BLPOP`, `WAIT`), `MULTI` or `CLIENT REPLY OFF` on it
+    /// cannot move the locks to another database or stall them. Each call
+    /// opens a new one (for a cluster, sockets to its masters): keep it,
+    /// and clone it to share it (clones share its socket). It reconnects
+    /// by itself, and is then back on the URL's database.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect): [`LockError::Connection`] when the
+    /// server cannot be reached within the connect timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves nothing open.
+    pub async fn connection(&self) -> Result<RedisConnection, LockError> {
+        let node = match &self.inner.source {
+            Source::Single(url) => {
+                Node::connect(url, &self.inner.options, Reconnect::Retry)
+                    .await?
+                    .0
+            }
+            Source::Cluster(seeds) => Node::connect_cluster(seeds, &self.inner.options).await?.0,
+        };
+        Ok(node.conn)
     }
 }
 

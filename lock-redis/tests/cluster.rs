@@ -142,7 +142,7 @@ async fn a_release_wakes_waiters_subscribed_through_another_node() {
         // The waiter has found the lock held (and marked it) once its
         // first attempt is done; give it that long, bounded.
         tokio::time::timeout(LIMIT, async {
-            let mut conn = holder.connection();
+            let mut conn = holder.connection().await.expect("a connection of our own");
             loop {
                 let value: Option<String> = redis::cmd("GET")
                     .arg(format!("distlock:{{{name}}}"))

@@ -12,7 +12,7 @@ const TTL: Duration = Duration::from_secs(30);
 async fn special_characters_are_just_names() {
     let url = lock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let sentinel = format!("sentinel:{}", rand_suffix());
     let _: () = redis::cmd("SET")
         .arg(&sentinel)
@@ -86,7 +86,7 @@ async fn the_lock_and_its_counter_share_a_cluster_slot() {
             .expect("redis-server in cluster mode");
     let url = lock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let node = redis::Client::open(cluster_node.url()).expect("url");
     let mut node = node
         .get_multiplexed_async_connection()
@@ -270,7 +270,7 @@ async fn select_on_the_user_connection_leaves_the_locks_where_they_are() {
         .connect(&url)
         .await
         .expect("connect a second client");
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let () = redis::cmd("SELECT")
         .arg(5)
         .query_async(&mut raw)
@@ -306,5 +306,9 @@ async fn select_on_the_user_connection_leaves_the_locks_where_they_are() {
         .await
         .expect("EXISTS");
     history.check().assert_ok();
-    assert_eq!((moved, user_db), (1, 0), "the counter is in database 0 only");
+    assert_eq!(
+        (moved, user_db),
+        (1, 0),
+        "the counter is in database 0 only"
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -262,13 +263,62 @@ pub(crate) fn millis_ceil(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-/// A per-acquisition token: 128 random bits as 32 lowercase hex digits.
+/// A per-acquisition token: 128 bits as 32 lowercase hex digits.
 pub(crate) type Token = [u8; 32];
 
+/// A token no other acquisition has, in this process or any other: 64
+/// bits drawn from the operating system once per process, then a counter
+/// shared by all threads.
+///
+/// The process part is drawn again whenever the process id changes, so a
+/// `fork()`ed child never repeats its parent's tokens (a thread-local
+/// random generator would: its state is copied into the child, and rand
+/// 0.9 does not reseed on fork). Uniqueness within a process rests on the
+/// counter alone; across processes, on 64 fresh random bits each (a
+/// collision among a million processes has odds of about 1 in 3·10⁷).
+/// Cheap: one `getpid` and one atomic add per token.
 pub(crate) fn new_token() -> Token {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
+    let count = TOKEN_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let bits = (u128::from(process_key()) << 64) | u128::from(count);
     std::array::from_fn(|i| HEX[((bits >> (4 * (31 - i))) & 0xf) as usize])
+}
+
+/// Tokens made by this process so far (carried into a forked child, where
+/// the process key differs).
+static TOKEN_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The process [`PROCESS_KEY`] was drawn in (0: not yet).
+static KEY_PID: AtomicU32 = AtomicU32::new(0);
+/// This process's random part of every token.
+static PROCESS_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// The random part of this process's tokens, drawn afresh in a new process.
+fn process_key() -> u64 {
+    let pid = std::process::id();
+    if KEY_PID.load(Ordering::Acquire) == pid {
+        return PROCESS_KEY.load(Ordering::Relaxed);
+    }
+    // First token, or first in a forked child. Threads racing here each
+    // draw and store a key; any of them is fine, since the counter already
+    // tells this process's tokens apart.
+    let key = draw_process_key(pid);
+    PROCESS_KEY.store(key, Ordering::Relaxed);
+    KEY_PID.store(pid, Ordering::Release);
+    key
+}
+
+/// 64 bits from the operating system's generator (never the thread-local
+/// one, whose state a child inherits); should that fail, a mix of the
+/// process id, the time and a thread-local draw, which still differs from
+/// the parent's.
+fn draw_process_key(pid: u32) -> u64 {
+    use rand::TryRngCore;
+    rand::rngs::OsRng.try_next_u64().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        rand::random::<u64>() ^ nanos.rotate_left(32) ^ u64::from(pid)
+    })
 }
 
 impl RedisLock {
@@ -488,5 +538,105 @@ impl Drop for RedisLease {
                 tracing::debug!(lock.key = %lease.key, error = %err, "background release failed; the TTL will free the lock");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens made in a forked child after the parent made some: the child
+    /// must not repeat the parent's. The child only computes tokens into a
+    /// stack array and writes them to a pipe (no allocation after fork).
+    #[test]
+    fn a_forked_child_makes_tokens_of_its_own() {
+        const N: usize = 16;
+        let _warm = new_token(); // the parent's generator is in use
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into `fds`.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        let [read_end, write_end] = fds;
+        // SAFETY: the child calls only new_token (no allocation, no locks),
+        // write and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let tokens: [Token; N] = std::array::from_fn(|_| new_token());
+            let bytes = tokens.as_flattened();
+            let mut written = 0;
+            while written < bytes.len() {
+                // SAFETY: writes from a live buffer to our pipe.
+                let n = unsafe {
+                    libc::write(
+                        write_end,
+                        bytes[written..].as_ptr().cast(),
+                        bytes.len() - written,
+                    )
+                };
+                if n <= 0 {
+                    // SAFETY: ends the child without running the parent's
+                    // destructors or test harness.
+                    unsafe { libc::_exit(1) };
+                }
+                written += n as usize;
+            }
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: closes our copy of the write end.
+        unsafe { libc::close(write_end) };
+        let parent: Vec<Token> = (0..N).map(|_| new_token()).collect();
+        let mut child = vec![0u8; N * 32];
+        let mut read = 0;
+        while read < child.len() {
+            // SAFETY: reads into a live buffer from our pipe.
+            let n = unsafe {
+                libc::read(
+                    read_end,
+                    child[read..].as_mut_ptr().cast(),
+                    child.len() - read,
+                )
+            };
+            assert!(n > 0, "the child wrote {read} of {} bytes", child.len());
+            read += n as usize;
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        // SAFETY: closes our read end.
+        unsafe { libc::close(read_end) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let child: Vec<&[u8]> = child.chunks(32).collect();
+        let shared: Vec<String> = parent
+            .iter()
+            .filter(|token| child.contains(&&token[..]))
+            .map(|token| String::from_utf8_lossy(token).into_owned())
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{} of {N} tokens made after fork() are the same in parent and child, e.g. {:?}",
+            shared.len(),
+            shared.first()
+        );
+    }
+
+    #[test]
+    fn tokens_are_unique_across_threads() {
+        let tokens: Vec<Token> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| (0..1000).map(|_| new_token()).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("worker"))
+                .collect()
+        });
+        let distinct: std::collections::HashSet<Token> = tokens.iter().copied().collect();
+        assert_eq!(distinct.len(), tokens.len());
+        assert!(
+            tokens
+                .iter()
+                .all(|token| token.iter().all(|b| b"0123456789abcdef".contains(b)))
+        );
     }
 }

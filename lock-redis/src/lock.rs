@@ -186,6 +186,7 @@ impl RedisLock {
         channel: String,
         options: RedisLockOptions,
     ) -> Result<Self, LockError> {
+        crate::settings::check_eviction(&node, &options).await?;
         let wake = WakeHub::new();
         let listener = if options.wake_on_release {
             let guard = crate::listener::start(

@@ -312,3 +312,93 @@ async fn select_on_the_user_connection_leaves_the_locks_where_they_are() {
         "the counter is in database 0 only"
     );
 }
+
+/// A server whose `maxmemory-policy` can evict keys is refused at connect
+/// (`volatile-*` may evict a held lock, `allkeys-*` a fencing counter too),
+/// also for a user who may not run `CONFIG`, and so is one whose policy
+/// cannot be read at all (`INFO` refused too); `accept_eviction_policy(true)`
+/// connects anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_memory_policy_is_refused_at_connect() {
+    let server = RedisServer::start().expect("a server of our own");
+    let mut admin = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    for (user, rules) in [("nocfg", "-config"), ("locker", "-config -info")] {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("on")
+            .arg(">s3cret")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg(rules.split(' ').collect::<Vec<_>>())
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+    }
+    let no_config = format!("redis://nocfg:s3cret@127.0.0.1:{}/", server.port());
+    for (policy, url) in [
+        ("allkeys-lru", server.url()),
+        ("volatile-lru", server.url()),
+        ("volatile-ttl", no_config),
+    ] {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("100mb")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut admin)
+            .await
+            .expect("CONFIG SET");
+        let err = RedisLock::connect(&url).await.expect_err(policy);
+        assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains(policy), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let locks = RedisLock::options()
+            .accept_eviction_policy(true)
+            .connect(&url)
+            .await
+            .expect("accepted when asked to");
+        let guard = locks
+            .try_acquire("evictable", TTL)
+            .await
+            .expect("try")
+            .expect("free");
+        guard.release().await.expect("released");
+    }
+
+    // A user who may run neither INFO nor CONFIG: the policy is unknown.
+    let url = format!("redis://locker:s3cret@127.0.0.1:{}/", server.port());
+    let err = RedisLock::connect(&url).await.expect_err("unknown policy");
+    assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    let locks = RedisLock::options()
+        .accept_eviction_policy(true)
+        .connect(&url)
+        .await
+        .expect("accepted when asked to");
+    let guard = locks
+        .try_acquire("unknown-policy", TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("released");
+
+    // And noeviction is fine.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut admin)
+        .await
+        .expect("CONFIG SET");
+    RedisLock::connect(&server.url())
+        .await
+        .expect("noeviction is accepted");
+}

@@ -549,3 +549,33 @@ async fn a_retried_release_after_a_lost_reply_is_not_a_false_lost() {
         "the server released the lock for this guard, but it answered {result:?}"
     );
 }
+
+/// Every master's eviction policy is checked at connect, not only the
+/// seed's: a cluster whose masters may evict lock keys is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_an_evicting_policy_is_refused() {
+    let cluster = RedisCluster::start_with(
+        RedisClusterOptions::new().node_options(
+            lock_testkit::RedisOptions::new()
+                .config("maxmemory", "100mb")
+                .config("maxmemory-policy", "volatile-lru"),
+        ),
+    )
+    .expect("a cluster of our own");
+    let err = RedisLock::connect_cluster(&cluster.seed_urls())
+        .await
+        .expect_err("evicting policy");
+    assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("volatile-lru"), "{err}");
+    let locks = RedisLockOptions::new()
+        .accept_eviction_policy(true)
+        .connect_cluster(&cluster.seed_urls())
+        .await
+        .expect("accepted when asked to");
+    let guard = locks
+        .try_acquire("evictable", TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("released");
+}

@@ -29,6 +29,22 @@ pub const REDIS_MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60)
 /// [`DistributedLock`](lock_api::DistributedLock) through
 /// [`LockBackend`]; see the [crate docs](crate) for keys, scripts and
 /// guarantees.
+///
+/// # Server settings the locks rely on
+///
+/// - **`maxmemory-policy noeviction`**: any other policy may evict a held
+///   lock (every lock key has a TTL) or, for `allkeys-*`, a fencing counter.
+///   [`connect`](Self::connect) refuses such a server (see
+///   [`RedisLockOptions::accept_eviction_policy`]).
+/// - **A wall clock that does not jump** on the Redis host. Redis stores a
+///   key's expiry as an absolute wall-clock time (also in RDB and AOF
+///   files), so setting that clock forward by *d* ends every lock *d*
+///   early: the next client is granted a lock whose holder still counts
+///   it valid (fencing tokens still rise). Setting it back makes locks
+///   live longer (no double grant, only waiting). Keep the host on NTP
+///   with slewing (no steps), and do not move data files to a host whose
+///   clock is far off. The client's own clock does not matter: guards
+///   count validity on the local monotonic clock.
 #[derive(Clone)]
 pub struct RedisLock {
     inner: Arc<Inner>,

@@ -248,7 +248,7 @@ async fn redis() {
         .await
         .expect("connect");
     run("redis", Arc::new(locks.clone()), 1500).await;
-    let mut conn = locks.connection();
+    let mut conn = locks.connection().await.expect("a connection of our own");
     settled(SETTLE, "redis lock keys", || {
         let mut conn = conn.clone();
         let pattern = format!("{prefix}*");

@@ -110,7 +110,9 @@ async fn redlock_urls_give_a_redlock() {
         let mut conn = distlock::redis::RedisLock::connect(&node.url())
             .await
             .expect("connects")
-            .connection();
+            .connection()
+            .await
+            .expect("a connection of our own");
         let value: Option<String> = redis::cmd("GET")
             .arg("distlock:{connect:redlock-nodes}")
             .query_async(&mut conn)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distlock::redis::{RedisLock, redis};
-use lock_api::Instant;
+use lock_api::{DistributedLock, Instant};
 use lock_testkit::{Held, History, Outcome, RedisOptions, RedisServer, SeatAction, check_seat_log};
 use workload::{SeatStore, Workload, within};
 
@@ -29,13 +29,18 @@ async fn connect(url: &str) -> RedisLock {
         .expect("connect")
 }
 
-/// Waits until the client's shared connection answers again.
+/// Waits until the lock's own connection answers again: an attempt on a
+/// name of its own goes through (`connection()` would open a new one).
 async fn reconnected(locks: &RedisLock) {
     within(Duration::from_secs(10), "reconnect", async {
         loop {
-            let mut conn = locks.connection();
-            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-            if pong.is_ok() {
+            let probe = locks
+                .try_acquire("reconnected-probe", Duration::from_secs(10))
+                .await;
+            if let Ok(guard) = probe {
+                if let Some(guard) = guard {
+                    guard.release().await.expect("release the probe");
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -83,7 +88,7 @@ async fn with_appendfsync_always_a_held_lock_survives_kill_9() {
     reconnected(&locks).await;
 
     // The lock is back, with what was left of its TTL.
-    let mut conn = locks.connection();
+    let mut conn = locks.connection().await.expect("a connection of our own");
     let pttl: i64 = redis::cmd("PTTL")
         .arg(KEY)
         .query_async(&mut conn)

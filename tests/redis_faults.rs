@@ -36,13 +36,18 @@ fn is_connection(err: &LockError) -> bool {
     matches!(err, LockError::Connection(_))
 }
 
-/// Waits until the client's shared connection answers again.
+/// Waits until the lock's own connection answers again: an attempt on a
+/// name of its own goes through (`connection()` would open a new one).
 async fn reconnected(locks: &RedisLock) {
     within(Duration::from_secs(10), "reconnect", async {
         loop {
-            let mut conn = locks.connection();
-            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-            if pong.is_ok() {
+            let probe = locks
+                .try_acquire("reconnected-probe", Duration::from_secs(10))
+                .await;
+            if let Ok(guard) = probe {
+                if let Some(guard) = guard {
+                    guard.release().await.expect("release the probe");
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -80,7 +85,7 @@ async fn kill_9_while_locks_are_held() {
     // Each waiter's first attempt marks the lock as waited for (a `+` after
     // the holder's token): then they are all queued.
     within(Duration::from_secs(5), "the waiters queue up", async {
-        let mut conn = locks.connection();
+        let mut conn = locks.connection().await.expect("a connection of our own");
         for name in &names {
             loop {
                 let token: Option<String> = redis::cmd("GET")

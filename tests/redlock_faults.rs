@@ -431,6 +431,8 @@ async fn connection(server: &RedisServer) -> distlock::redis::RedisConnection {
         .await
         .expect("connect to one node")
         .connection()
+        .await
+        .expect("a connection of our own")
 }
 
 /// A lock value without the "someone waits" mark.

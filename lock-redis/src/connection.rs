@@ -1,5 +1,6 @@
-//! [`RedisConnection`]: the shared connection of a [`RedisLock`](crate::RedisLock),
-//! to one server or to a cluster.
+//! [`RedisConnection`]: a multiplexed connection to one server or to a
+//! cluster, the kind a [`RedisLock`](crate::RedisLock) uses and opens for
+//! you ([`RedisLock::connection`](crate::RedisLock::connection)).
 
 use std::fmt;
 
@@ -7,8 +8,9 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-/// The multiplexed, auto-reconnecting connection a [`RedisLock`](crate::RedisLock)
-/// uses, for commands of your own next to the locks.
+/// A multiplexed, auto-reconnecting connection, as
+/// [`RedisLock::connection`](crate::RedisLock::connection) opens for
+/// commands of your own (a separate one: never the lock's own socket).
 ///
 /// It implements [`redis::aio::ConnectionLike`], so it runs any command or
 /// pipeline (`redis::cmd("GET").arg(key).query_async(&mut conn)`). Cheap to

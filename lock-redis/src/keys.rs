@@ -32,6 +32,11 @@ pub(crate) fn fence_key(lock_key: &str) -> String {
     format!("{lock_key}:fence")
 }
 
+/// The release record's key for a lock key: same hash tag, `:released` after.
+pub(crate) fn released_key(lock_key: &str) -> String {
+    format!("{lock_key}:released")
+}
+
 /// Why a key prefix is unusable, if it is.
 pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
     if prefix.contains(['{', '}']) {
@@ -80,6 +85,11 @@ mod tests {
             let lock = lock_key("distlock:", name);
             let fence = fence_key(&lock);
             assert_eq!(hash_tag(&lock), hash_tag(&fence), "name {name:?}");
+            assert_eq!(
+                hash_tag(&lock),
+                hash_tag(&released_key(&lock)),
+                "name {name:?}"
+            );
             assert!(!hash_tag(&lock).is_empty(), "name {name:?}");
             assert_ne!(hash_tag(&lock), lock, "name {name:?} has no tag");
         }
@@ -94,6 +104,10 @@ mod tests {
             assert!(
                 seen.insert(fence_key(&lock)),
                 "fence key collision: {name:?}"
+            );
+            assert!(
+                seen.insert(released_key(&lock)),
+                "release record key collision: {name:?}"
             );
             assert!(seen.insert(lock), "lock key collision: {name:?}");
         }

@@ -108,6 +108,7 @@ mod node;
 mod options;
 mod redlock;
 mod scripts;
+mod settings;
 mod url;
 
 pub use connection::RedisConnection;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,7 +10,7 @@ use lock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, 
 use tokio_util::sync::DropGuard;
 
 use crate::connection::RedisConnection;
-use crate::keys::{fence_key, lock_key};
+use crate::keys::{fence_key, lock_key, released_key};
 use crate::node::{Node, Reconnect};
 use crate::options::RedisLockOptions;
 use crate::scripts::{ACQUIRE, EXTEND, MARK_WAITED, RELEASE};
@@ -28,6 +29,22 @@ pub const REDIS_MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60)
 /// [`DistributedLock`](lock_api::DistributedLock) through
 /// [`LockBackend`]; see the [crate docs](crate) for keys, scripts and
 /// guarantees.
+///
+/// # Server settings the locks rely on
+///
+/// - **`maxmemory-policy noeviction`**: any other policy may evict a held
+///   lock (every lock key has a TTL) or, for `allkeys-*`, a fencing counter.
+///   [`connect`](Self::connect) refuses such a server (see
+///   [`RedisLockOptions::accept_eviction_policy`]).
+/// - **A wall clock that does not jump** on the Redis host. Redis stores a
+///   key's expiry as an absolute wall-clock time (also in RDB and AOF
+///   files), so setting that clock forward by *d* ends every lock *d*
+///   early: the next client is granted a lock whose holder still counts
+///   it valid (fencing tokens still rise). Setting it back makes locks
+///   live longer (no double grant, only waiting). Keep the host on NTP
+///   with slewing (no steps), and do not move data files to a host whose
+///   clock is far off. The client's own clock does not matter: guards
+///   count validity on the local monotonic clock.
 #[derive(Clone)]
 pub struct RedisLock {
     inner: Arc<Inner>,
@@ -36,6 +53,8 @@ pub struct RedisLock {
 struct Inner {
     /// The server, or the cluster.
     node: Node,
+    /// Where [`RedisLock::connection`] opens users' own connections.
+    source: Source,
     /// Whether `node` is a cluster (acquire is then a script: a cluster
     /// client follows a `MOVED` for one command, not inside a transaction).
     cluster: bool,
@@ -46,6 +65,32 @@ struct Inner {
     wake: WakeHub,
     /// Stops the subscriber task when the last clone goes away.
     _listener: Option<DropGuard>,
+}
+
+/// What a [`RedisLock`] connected to, to open more connections there.
+enum Source {
+    /// The server's URL (with its password: never printed).
+    Single(String),
+    /// The cluster's seed URLs.
+    Cluster(Vec<String>),
+}
+
+impl Inner {
+    /// How long a cluster release keeps its record (0 on one server, which
+    /// never sends a command twice): as long as one command may take, so
+    /// any copy the cluster client sends again while we still wait for the
+    /// answer finds it.
+    fn release_record_ms(&self) -> u64 {
+        if self.cluster {
+            let limit = self
+                .options
+                .connect_timeout
+                .saturating_add(self.options.response_timeout);
+            millis_ceil(limit)
+        } else {
+            0
+        }
+    }
 }
 
 impl fmt::Debug for RedisLock {
@@ -119,7 +164,8 @@ impl RedisLock {
             0 => format!("{}released", options.prefix),
             db => format!("{}released@{db}", options.prefix),
         };
-        Self::finish(node, false, vec![client], channel, options).await
+        let source = Source::Single(url.to_owned());
+        Self::finish(node, source, vec![client], channel, options).await
     }
 
     pub(crate) async fn connect_cluster_with<S: AsRef<str> + Sync>(
@@ -142,19 +188,21 @@ impl RedisLock {
             }
         }
         let (node, clients) = Node::connect_cluster(&seeds, &options).await?;
+        let source = Source::Cluster(seeds);
         // A cluster has database 0 only, and a message published on any of
         // its nodes reaches subscribers on all of them.
         let channel = format!("{}released", options.prefix);
-        Self::finish(node, true, clients, channel, options).await
+        Self::finish(node, source, clients, channel, options).await
     }
 
     async fn finish(
         node: Node,
-        cluster: bool,
+        source: Source,
         subscribe_through: Vec<redis::Client>,
         channel: String,
         options: RedisLockOptions,
     ) -> Result<Self, LockError> {
+        crate::settings::check_eviction(&node, &options).await?;
         let wake = WakeHub::new();
         let listener = if options.wake_on_release {
             let guard = crate::listener::start(
@@ -170,9 +218,11 @@ impl RedisLock {
         } else {
             None
         };
+        let cluster = matches!(source, Source::Cluster(_));
         Ok(RedisLock {
             inner: Arc::new(Inner {
                 node,
+                source,
                 cluster,
                 options,
                 channel,
@@ -192,10 +242,35 @@ impl RedisLock {
         self.inner.cluster
     }
 
-    /// The shared multiplexed connection, for commands of your own next to
-    /// the locks (they pipeline with the lock traffic).
-    pub fn connection(&self) -> RedisConnection {
-        self.inner.node.conn.clone()
+    /// Opens a connection of your own to the same server (or cluster),
+    /// with this lock's options (URL, credentials, TLS, timeouts), for
+    /// commands next to the locks.
+    ///
+    /// It is never the connection the locks use: a `SELECT`, a blocking
+    /// command (`BLPOP`, `WAIT`), `MULTI` or `CLIENT REPLY OFF` on it
+    /// cannot move the locks to another database or stall them. Each call
+    /// opens a new one (for a cluster, sockets to its masters): keep it,
+    /// and clone it to share it (clones share its socket). It reconnects
+    /// by itself, and is then back on the URL's database.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect): [`LockError::Connection`] when the
+    /// server cannot be reached within the connect timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves nothing open.
+    pub async fn connection(&self) -> Result<RedisConnection, LockError> {
+        let node = match &self.inner.source {
+            Source::Single(url) => {
+                Node::connect(url, &self.inner.options, Reconnect::Retry)
+                    .await?
+                    .0
+            }
+            Source::Cluster(seeds) => Node::connect_cluster(seeds, &self.inner.options).await?.0,
+        };
+        Ok(node.conn)
     }
 }
 
@@ -205,13 +280,62 @@ pub(crate) fn millis_ceil(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-/// A per-acquisition token: 128 random bits as 32 lowercase hex digits.
+/// A per-acquisition token: 128 bits as 32 lowercase hex digits.
 pub(crate) type Token = [u8; 32];
 
+/// A token no other acquisition has, in this process or any other: 64
+/// bits drawn from the operating system once per process, then a counter
+/// shared by all threads.
+///
+/// The process part is drawn again whenever the process id changes, so a
+/// `fork()`ed child never repeats its parent's tokens (a thread-local
+/// random generator would: its state is copied into the child, and rand
+/// 0.9 does not reseed on fork). Uniqueness within a process rests on the
+/// counter alone; across processes, on 64 fresh random bits each (a
+/// collision among a million processes has odds of about 1 in 3·10⁷).
+/// Cheap: one `getpid` and one atomic add per token.
 pub(crate) fn new_token() -> Token {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
+    let count = TOKEN_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let bits = (u128::from(process_key()) << 64) | u128::from(count);
     std::array::from_fn(|i| HEX[((bits >> (4 * (31 - i))) & 0xf) as usize])
+}
+
+/// Tokens made by this process so far (carried into a forked child, where
+/// the process key differs).
+static TOKEN_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The process [`PROCESS_KEY`] was drawn in (0: not yet).
+static KEY_PID: AtomicU32 = AtomicU32::new(0);
+/// This process's random part of every token.
+static PROCESS_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// The random part of this process's tokens, drawn afresh in a new process.
+fn process_key() -> u64 {
+    let pid = std::process::id();
+    if KEY_PID.load(Ordering::Acquire) == pid {
+        return PROCESS_KEY.load(Ordering::Relaxed);
+    }
+    // First token, or first in a forked child. Threads racing here each
+    // draw and store a key; any of them is fine, since the counter already
+    // tells this process's tokens apart.
+    let key = draw_process_key(pid);
+    PROCESS_KEY.store(key, Ordering::Relaxed);
+    KEY_PID.store(pid, Ordering::Release);
+    key
+}
+
+/// 64 bits from the operating system's generator (never the thread-local
+/// one, whose state a child inherits); should that fail, a mix of the
+/// process id, the time and a thread-local draw, which still differs from
+/// the parent's.
+fn draw_process_key(pid: u32) -> u64 {
+    use rand::TryRngCore;
+    rand::rngs::OsRng.try_next_u64().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        rand::random::<u64>() ^ nanos.rotate_left(32) ^ u64::from(pid)
+    })
 }
 
 impl RedisLock {
@@ -226,6 +350,7 @@ impl RedisLock {
         invocation
             .key(&lease.key)
             .key(fence_key(&lease.key))
+            .key(released_key(&lease.key))
             .arg(&lease.token[..])
             .arg(millis_ceil(ttl));
         let fence: i64 = self.inner.node.run("acquire", &invocation).await?;
@@ -364,8 +489,10 @@ impl RedisLease {
         let mut invocation = RELEASE.prepare_invoke();
         invocation
             .key(&self.key)
+            .key(released_key(&self.key))
             .arg(&self.token[..])
-            .arg(&self.inner.channel);
+            .arg(&self.inner.channel)
+            .arg(self.inner.release_record_ms());
         let released: i64 = self.inner.node.run("release", &invocation).await?;
         if released == 1 {
             self.state = State::Released;
@@ -428,5 +555,105 @@ impl Drop for RedisLease {
                 tracing::debug!(lock.key = %lease.key, error = %err, "background release failed; the TTL will free the lock");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens made in a forked child after the parent made some: the child
+    /// must not repeat the parent's. The child only computes tokens into a
+    /// stack array and writes them to a pipe (no allocation after fork).
+    #[test]
+    fn a_forked_child_makes_tokens_of_its_own() {
+        const N: usize = 16;
+        let _warm = new_token(); // the parent's generator is in use
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into `fds`.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        let [read_end, write_end] = fds;
+        // SAFETY: the child calls only new_token (no allocation, no locks),
+        // write and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let tokens: [Token; N] = std::array::from_fn(|_| new_token());
+            let bytes = tokens.as_flattened();
+            let mut written = 0;
+            while written < bytes.len() {
+                // SAFETY: writes from a live buffer to our pipe.
+                let n = unsafe {
+                    libc::write(
+                        write_end,
+                        bytes[written..].as_ptr().cast(),
+                        bytes.len() - written,
+                    )
+                };
+                if n <= 0 {
+                    // SAFETY: ends the child without running the parent's
+                    // destructors or test harness.
+                    unsafe { libc::_exit(1) };
+                }
+                written += n as usize;
+            }
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: closes our copy of the write end.
+        unsafe { libc::close(write_end) };
+        let parent: Vec<Token> = (0..N).map(|_| new_token()).collect();
+        let mut child = vec![0u8; N * 32];
+        let mut read = 0;
+        while read < child.len() {
+            // SAFETY: reads into a live buffer from our pipe.
+            let n = unsafe {
+                libc::read(
+                    read_end,
+                    child[read..].as_mut_ptr().cast(),
+                    child.len() - read,
+                )
+            };
+            assert!(n > 0, "the child wrote {read} of {} bytes", child.len());
+            read += n as usize;
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        // SAFETY: closes our read end.
+        unsafe { libc::close(read_end) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let child: Vec<&[u8]> = child.chunks(32).collect();
+        let shared: Vec<String> = parent
+            .iter()
+            .filter(|token| child.contains(&&token[..]))
+            .map(|token| String::from_utf8_lossy(token).into_owned())
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{} of {N} tokens made after fork() are the same in parent and child, e.g. {:?}",
+            shared.len(),
+            shared.first()
+        );
+    }
+
+    #[test]
+    fn tokens_are_unique_across_threads() {
+        let tokens: Vec<Token> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| (0..1000).map(|_| new_token()).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("worker"))
+                .collect()
+        });
+        let distinct: std::collections::HashSet<Token> = tokens.iter().copied().collect();
+        assert_eq!(distinct.len(), tokens.len());
+        assert!(
+            tokens
+                .iter()
+                .all(|token| token.iter().all(|b| b"0123456789abcdef".contains(b)))
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct RedisLockOptions {
     pub(crate) drift: Drift,
     /// PEM CA certificates to trust for `rediss://` instead of the OS store.
     pub(crate) tls_root_certificate: Option<Vec<u8>>,
+    /// Connect even to a server whose eviction policy may evict locks.
+    pub(crate) accept_eviction_policy: bool,
 }
 
 impl Default for RedisLockOptions {
@@ -50,6 +52,7 @@ impl Default for RedisLockOptions {
             backoff: Backoff::default(),
             drift: Drift::default(),
             tls_root_certificate: None,
+            accept_eviction_policy: false,
         }
     }
 }
@@ -62,6 +65,7 @@ impl fmt::Debug for RedisLockOptions {
             .field("response_timeout", &self.response_timeout)
             .field("wake_on_release", &self.wake_on_release)
             .field("tls_root_certificate", &self.tls_root_certificate.is_some())
+            .field("accept_eviction_policy", &self.accept_eviction_policy)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +124,26 @@ impl RedisLockOptions {
         self
     }
 
+    /// Whether to connect to a server whose `maxmemory-policy` may evict
+    /// keys, or cannot be read (default `false`).
+    ///
+    /// At connect, [`RedisLock`] reads the policy from `INFO memory` (of
+    /// every master, on a cluster) and refuses, with
+    /// [`LockError::InvalidConfig`], any policy but `noeviction`: the
+    /// `volatile-*` policies may evict a held lock (it has a TTL), so the
+    /// next client is granted it too, and the `allkeys-*` ones may also
+    /// evict a fencing counter, so tokens start again at 1. `INFO` answers
+    /// where `CONFIG` is renamed or disabled; a server that refuses `INFO`
+    /// too (renamed, or an ACL without `+info`) is refused as well, since
+    /// its policy is unknown. Set this when you know better (e.g. the
+    /// server never reaches its `maxmemory`); it then logs a warning
+    /// instead. The check is made once, at connect: a policy changed later
+    /// is not noticed.
+    pub fn accept_eviction_policy(mut self, accept: bool) -> Self {
+        self.accept_eviction_policy = accept;
+        self
+    }
+
     /// Trusts the CA certificate(s) in `pem` for `rediss://` connections,
     /// instead of the operating system's trust store: for servers with a
     /// certificate from a private CA.
@@ -135,7 +159,9 @@ impl RedisLockOptions {
     /// # Errors
     ///
     /// [`LockError::InvalidUrl`] for a URL that does not parse,
-    /// [`LockError::InvalidConfig`] for an unusable option, and
+    /// [`LockError::InvalidConfig`] for an unusable option or a server
+    /// whose eviction policy may evict locks (see
+    /// [`accept_eviction_policy`](Self::accept_eviction_policy)), and
     /// [`LockError::Connection`] when the server cannot be reached within
     /// the connect timeout (or refuses the credentials).
     pub async fn connect(self, url: &str) -> Result<RedisLock, LockError> {

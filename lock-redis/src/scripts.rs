@@ -9,17 +9,39 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `KEYS[1]` lock, `KEYS[2]` its fencing counter; `ARGV[1]` token, `ARGV[2]`
-/// TTL in ms.
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter, `KEYS[3]` its release
+/// record; `ARGV[1]` token, `ARGV[2]` TTL in ms.
 ///
 /// The acquire step on a Redis Cluster, where a redirected command is
 /// retried by the client but a redirected transaction is not: `SET NX PX`,
 /// then `INCR` of the counter if the lock was granted. Returns the new
 /// counter value, or 0 when the lock is held.
+///
+/// Idempotent per token, because the cluster client sends a script again
+/// when the connection drops before its reply arrives (the first run may
+/// have happened): a run that finds the lock holding our token answers
+/// "granted" with the counter as it is, which is the value our grant took
+/// (the counter moves only on a grant, and none can happen while the key
+/// holds our token); its TTL is left alone, so the guard's validity,
+/// counted from before the first send, stays conservative. A run that
+/// finds our token in the release record (a copy still in flight after
+/// this lease was released) grants nothing.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local held = redis.call('GET', KEYS[1])
+if not held then
+  if redis.call('GET', KEYS[3]) == ARGV[1] then
+    return 0
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return redis.call('INCR', KEYS[2])
+end
+if held == ARGV[1] or held == ARGV[1] .. '+' then
+  local fence = redis.call('GET', KEYS[2])
+  if fence then
+    return tonumber(fence)
+  end
   return redis.call('INCR', KEYS[2])
 end
 return 0
@@ -45,22 +67,33 @@ return redis.call('PTTL', KEYS[1])
     )
 });
 
-/// `KEYS[1]` lock; `ARGV[1]` token, `ARGV[2]` channel.
+/// `KEYS[1]` lock, `KEYS[2]` its release record; `ARGV[1]` token,
+/// `ARGV[2]` channel, `ARGV[3]` how long to keep the release record in ms
+/// (`0`: keep none).
 ///
 /// Deletes the lock only if it still holds our token; if someone failed to
 /// take it meanwhile (the `+` mark), publishes the lock key so waiters try
 /// again. Returns 1 when released, 0 when the lock was no longer ours.
+///
+/// On a Redis Cluster (a non-zero `ARGV[3]`) the release also records our
+/// token in `KEYS[2]` for that long, so that a run sent again by the
+/// cluster client after a lost reply answers "released" rather than "not
+/// ours", and a late copy of our acquire grants nothing (see [`ACQUIRE`]).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then
+if held == ARGV[1] or held == ARGV[1] .. '+' then
   redis.call('DEL', KEYS[1])
+  if ARGV[3] ~= '0' then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+  end
+  if held ~= ARGV[1] then
+    redis.call('PUBLISH', ARGV[2], KEYS[1])
+  end
   return 1
 end
-if held == ARGV[1] .. '+' then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], KEYS[1])
+if ARGV[3] ~= '0' and redis.call('GET', KEYS[2]) == ARGV[1] then
   return 1
 end
 return 0
@@ -71,6 +104,8 @@ return 0
 /// `KEYS[1]` lock; `ARGV[1]` token, `ARGV[2]` new TTL in ms.
 ///
 /// Returns 1 when the TTL was reset, 0 when the lock was no longer ours.
+/// Idempotent: a run sent again after a lost reply resets the TTL once
+/// more, from a later moment than the guard counts from.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"

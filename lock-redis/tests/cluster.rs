@@ -10,7 +10,7 @@ use std::time::Duration;
 use lock_api::conformance::Fixture;
 use lock_api::{Backoff, DistributedLock, LockError};
 use lock_redis::{RedisLock, RedisLockOptions};
-use lock_testkit::{RedisCluster, RedisClusterOptions};
+use lock_testkit::{History, LinkProxy, RedisCluster, RedisClusterOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 const LIMIT: Duration = Duration::from_secs(20);
@@ -142,7 +142,7 @@ async fn a_release_wakes_waiters_subscribed_through_another_node() {
         // The waiter has found the lock held (and marked it) once its
         // first attempt is done; give it that long, bounded.
         tokio::time::timeout(LIMIT, async {
-            let mut conn = holder.connection();
+            let mut conn = holder.connection().await.expect("a connection of our own");
             loop {
                 let value: Option<String> = redis::cmd("GET")
                     .arg(format!("distlock:{{{name}}}"))
@@ -325,4 +325,257 @@ async fn a_failover_to_a_replica_keeps_a_replicated_lock() {
         .expect("free: the old master's copy did not come back");
     assert_eq!(again.fencing_token(), 4);
     again.release().await.expect("released");
+}
+
+/// A cluster whose client traffic runs through one [`LinkProxy`] per
+/// master: each master announces its proxy's port (`cluster-announce-port`),
+/// so the client's slot map names the proxies.
+struct ProxiedCluster {
+    cluster: RedisCluster,
+    proxies: Vec<LinkProxy>,
+}
+
+impl ProxiedCluster {
+    fn start() -> Self {
+        let cluster = RedisCluster::start().expect("a cluster of our own");
+        let proxies: Vec<LinkProxy> = cluster
+            .masters()
+            .iter()
+            .map(|master| LinkProxy::start(master.addr()).expect("proxy"))
+            .collect();
+        for (master, proxy) in cluster.masters().iter().zip(&proxies) {
+            let mut conn = direct(master);
+            let () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-announce-port")
+                .arg(proxy.port())
+                .query(&mut conn)
+                .expect("announce the proxy's port");
+        }
+        // The other masters learn the new ports by gossip: wait until every
+        // master's slot map names only proxies.
+        let ports: HashSet<u16> = proxies.iter().map(LinkProxy::port).collect();
+        let deadline = std::time::Instant::now() + LIMIT;
+        for master in cluster.masters() {
+            let mut conn = direct(master);
+            loop {
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query(&mut conn)
+                    .expect("CLUSTER NODES");
+                let announced = nodes.lines().all(|line| {
+                    let addr = line.split(' ').nth(1).unwrap_or_default();
+                    let port = addr.split(['@', ':']).nth(1).unwrap_or_default();
+                    port.parse().is_ok_and(|port| ports.contains(&port))
+                });
+                if announced {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the announced ports did not spread: {nodes}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        ProxiedCluster { cluster, proxies }
+    }
+
+    fn seed_urls(&self) -> Vec<String> {
+        self.proxies
+            .iter()
+            .map(|proxy| format!("redis://127.0.0.1:{}/", proxy.port()))
+            .collect()
+    }
+
+    /// The master that owns `key`'s slot (the one that answers for it
+    /// rather than redirecting), and its proxy.
+    fn owner(&self, key: &str) -> (&lock_testkit::RedisServer, &LinkProxy) {
+        let i = self
+            .cluster
+            .masters()
+            .iter()
+            .position(|master| {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query::<i64>(&mut direct(master))
+                    .is_ok()
+            })
+            .expect("a master serves the key");
+        (&self.cluster.masters()[i], &self.proxies[i])
+    }
+}
+
+/// A connection straight to one node, past any proxy.
+fn direct(server: &lock_testkit::RedisServer) -> redis::Connection {
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connect to the node")
+}
+
+/// Polls `key` on `server` (past the proxy) until `done` holds for its
+/// value; bounded. There is no event to await: the server changes the key
+/// while the proxy still holds the reply back.
+async fn wait_for_value(
+    server: &lock_testkit::RedisServer,
+    key: &str,
+    done: impl Fn(Option<&str>) -> bool + Send + 'static,
+) {
+    let mut conn = direct(server);
+    let key = key.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            let value: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).expect("GET");
+            if done(value.as_deref()) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{key} never changed as expected: {value:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+    .await
+    .expect("poller");
+}
+
+/// The server runs the acquire script, its reply is lost with the
+/// connection, and the cluster client sends the script again on a new
+/// connection. The second run must answer "already yours" (with the
+/// fencing token of the grant), not "held": else the grant is orphaned
+/// until its TTL runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_acquire_after_a_lost_reply_gets_its_own_grant() {
+    let proxied = ProxiedCluster::start();
+    let locks = RedisLockOptions::new()
+        .wake_on_release(false)
+        .response_timeout(Duration::from_secs(5))
+        .connect_cluster(&proxied.seed_urls())
+        .await
+        .expect("connect through the proxies");
+    let other = RedisLock::connect_cluster(&proxied.cluster.seed_urls())
+        .await
+        .expect("connect a second client directly");
+    let name = "retried-acquire";
+    let key = "distlock:{retried-acquire}";
+    let (master, proxy) = proxied.owner(key);
+    let history = History::new();
+    // The reply is held back by the proxy long enough for the test to cut
+    // the connection once the server has run the script.
+    proxy.set_delay(Duration::from_millis(300));
+    let op = history.invoke_acquire(0, name);
+    let attempt = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.try_acquire(name, TTL).await }
+    });
+    wait_for_value(master, key, |value| value.is_some()).await;
+    proxy.cut().expect("cut");
+    proxy.set_delay(Duration::ZERO);
+    proxy.restore().expect("restore");
+    let result = tokio::time::timeout(LIMIT, attempt)
+        .await
+        .expect("bounded")
+        .expect("task");
+    let guard = match result {
+        Ok(Some(guard)) => {
+            history.acquired(op, &guard);
+            guard
+        }
+        other => {
+            history.acquire_unknown(op);
+            panic!("the server granted the lock to this attempt, but it answered {other:?}");
+        }
+    };
+    let held = history.held(op, guard);
+    let second = history.invoke_acquire(1, name);
+    let result = tokio::time::timeout(LIMIT, other.try_acquire(name, TTL))
+        .await
+        .expect("bounded");
+    assert!(matches!(result, Ok(None)), "{result:?}");
+    history.acquire_failed(second);
+    assert_eq!(held.fencing_token(), 1, "the grant's own token");
+    tokio::time::timeout(LIMIT, held.release())
+        .await
+        .expect("bounded")
+        .expect("released");
+    let third = history.invoke_acquire(1, name);
+    let next = tokio::time::timeout(LIMIT, other.try_acquire(name, TTL))
+        .await
+        .expect("bounded")
+        .expect("try")
+        .expect("free once released");
+    history.acquired(third, &next);
+    assert_eq!(next.fencing_token(), 2);
+    let next = history.held(third, next);
+    next.release().await.expect("released");
+    history.check().assert_ok();
+}
+
+/// The server runs the release script, its reply is lost with the
+/// connection, and the cluster client sends it again: the second run finds
+/// the lock gone, but must not report it lost — it was released by us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_release_after_a_lost_reply_is_not_a_false_lost() {
+    let proxied = ProxiedCluster::start();
+    let locks = RedisLockOptions::new()
+        .wake_on_release(false)
+        .response_timeout(Duration::from_secs(5))
+        .connect_cluster(&proxied.seed_urls())
+        .await
+        .expect("connect through the proxies");
+    let name = "retried-release";
+    let key = "distlock:{retried-release}";
+    let (master, proxy) = proxied.owner(key);
+    let guard = tokio::time::timeout(LIMIT, locks.try_acquire(name, TTL))
+        .await
+        .expect("bounded")
+        .expect("try")
+        .expect("free");
+    proxy.set_delay(Duration::from_millis(300));
+    let release = tokio::spawn(guard.release());
+    wait_for_value(master, key, |value| value.is_none()).await;
+    proxy.cut().expect("cut");
+    proxy.set_delay(Duration::ZERO);
+    proxy.restore().expect("restore");
+    let result = tokio::time::timeout(LIMIT, release)
+        .await
+        .expect("bounded")
+        .expect("task");
+    assert!(
+        result.is_ok(),
+        "the server released the lock for this guard, but it answered {result:?}"
+    );
+}
+
+/// Every master's eviction policy is checked at connect, not only the
+/// seed's: a cluster whose masters may evict lock keys is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_an_evicting_policy_is_refused() {
+    let cluster = RedisCluster::start_with(
+        RedisClusterOptions::new().node_options(
+            lock_testkit::RedisOptions::new()
+                .config("maxmemory", "100mb")
+                .config("maxmemory-policy", "volatile-lru"),
+        ),
+    )
+    .expect("a cluster of our own");
+    let err = RedisLock::connect_cluster(&cluster.seed_urls())
+        .await
+        .expect_err("evicting policy");
+    assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("volatile-lru"), "{err}");
+    let locks = RedisLockOptions::new()
+        .accept_eviction_policy(true)
+        .connect_cluster(&cluster.seed_urls())
+        .await
+        .expect("accepted when asked to");
+    let guard = locks
+        .try_acquire("evictable", TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("released");
 }

@@ -215,7 +215,7 @@ async fn a_frozen_server_times_out_cleanly_and_work_resumes() {
 async fn script_flush_between_calls_is_harmless() {
     let url = lock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let flush = || redis::cmd("SCRIPT").arg("FLUSH").clone();
 
     let _: () = flush().query_async(&mut raw).await.expect("flush");
@@ -254,7 +254,7 @@ async fn renewal_notices_a_lock_taken_over() {
         .expect("free");
     guard.auto_renew();
     // Someone else's token in the key: what a takeover after expiry looks like.
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let _: () = redis::cmd("SET")
         .arg("distlock:{taken-over}")
         .arg("someone-else")

@@ -12,7 +12,7 @@ const TTL: Duration = Duration::from_secs(30);
 async fn special_characters_are_just_names() {
     let url = lock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let sentinel = format!("sentinel:{}", rand_suffix());
     let _: () = redis::cmd("SET")
         .arg(&sentinel)
@@ -86,7 +86,7 @@ async fn the_lock_and_its_counter_share_a_cluster_slot() {
             .expect("redis-server in cluster mode");
     let url = lock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
-    let mut raw = locks.connection();
+    let mut raw = locks.connection().await.expect("a connection of our own");
     let node = redis::Client::open(cluster_node.url()).expect("url");
     let mut node = node
         .get_multiplexed_async_connection()
@@ -250,4 +250,155 @@ fn rand_suffix() -> String {
                     .unwrap_or(0)
             )
     )
+}
+
+/// A user's `SELECT` on the connection `RedisLock::connection` gives them
+/// must not move the locks to another database: a second client on the
+/// lock's own database must still find the lock held (checked by the
+/// history checker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_on_the_user_connection_leaves_the_locks_where_they_are() {
+    let server = RedisServer::start().expect("a server of our own");
+    let url = format!("{}/0", server.url().trim_end_matches('/'));
+    let locks = RedisLock::options()
+        .wake_on_release(false)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let other = RedisLock::options()
+        .wake_on_release(false)
+        .connect(&url)
+        .await
+        .expect("connect a second client");
+    let mut raw = locks.connection().await.expect("a connection of our own");
+    let () = redis::cmd("SELECT")
+        .arg(5)
+        .query_async(&mut raw)
+        .await
+        .expect("SELECT 5");
+    let history = lock_testkit::History::new();
+    let name = "select:moved";
+    let first = history
+        .try_acquire(0, &locks, name, TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    let second = history.try_acquire(1, &other, name, TTL).await;
+    if let Ok(Some(second)) = second {
+        second.release().await.expect("release the second");
+    }
+    first.release().await.expect("release the first");
+    // The lock key went to database 0, where the URL points, and the
+    // user's connection really is on database 5.
+    let mut direct = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("direct connection");
+    let moved: i64 = redis::cmd("EXISTS")
+        .arg("distlock:{select:moved}:fence")
+        .query_async(&mut direct)
+        .await
+        .expect("EXISTS");
+    let user_db: i64 = redis::cmd("EXISTS")
+        .arg("distlock:{select:moved}:fence")
+        .query_async(&mut raw)
+        .await
+        .expect("EXISTS");
+    history.check().assert_ok();
+    assert_eq!(
+        (moved, user_db),
+        (1, 0),
+        "the counter is in database 0 only"
+    );
+}
+
+/// A server whose `maxmemory-policy` can evict keys is refused at connect
+/// (`volatile-*` may evict a held lock, `allkeys-*` a fencing counter too),
+/// also for a user who may not run `CONFIG`, and so is one whose policy
+/// cannot be read at all (`INFO` refused too); `accept_eviction_policy(true)`
+/// connects anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_memory_policy_is_refused_at_connect() {
+    let server = RedisServer::start().expect("a server of our own");
+    let mut admin = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    for (user, rules) in [("nocfg", "-config"), ("locker", "-config -info")] {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("on")
+            .arg(">s3cret")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg(rules.split(' ').collect::<Vec<_>>())
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+    }
+    let no_config = format!("redis://nocfg:s3cret@127.0.0.1:{}/", server.port());
+    for (policy, url) in [
+        ("allkeys-lru", server.url()),
+        ("volatile-lru", server.url()),
+        ("volatile-ttl", no_config),
+    ] {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("100mb")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut admin)
+            .await
+            .expect("CONFIG SET");
+        let err = RedisLock::connect(&url).await.expect_err(policy);
+        assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains(policy), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let locks = RedisLock::options()
+            .accept_eviction_policy(true)
+            .connect(&url)
+            .await
+            .expect("accepted when asked to");
+        let guard = locks
+            .try_acquire("evictable", TTL)
+            .await
+            .expect("try")
+            .expect("free");
+        guard.release().await.expect("released");
+    }
+
+    // A user who may run neither INFO nor CONFIG: the policy is unknown.
+    let url = format!("redis://locker:s3cret@127.0.0.1:{}/", server.port());
+    let err = RedisLock::connect(&url).await.expect_err("unknown policy");
+    assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    let locks = RedisLock::options()
+        .accept_eviction_policy(true)
+        .connect(&url)
+        .await
+        .expect("accepted when asked to");
+    let guard = locks
+        .try_acquire("unknown-policy", TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("released");
+
+    // And noeviction is fine.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut admin)
+        .await
+        .expect("CONFIG SET");
+    RedisLock::connect(&server.url())
+        .await
+        .expect("noeviction is accepted");
 }

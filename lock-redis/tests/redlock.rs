@@ -42,7 +42,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// What `key` holds on one server, read directly.
 async fn get(server: &RedisServer, key: &str) -> Option<String> {
     let locks = RedisLock::connect(&server.url()).await.expect("connect");
-    let mut conn = locks.connection();
+    let mut conn = locks.connection().await.expect("a connection of our own");
     redis::cmd("GET")
         .arg(key)
         .query_async(&mut conn)
@@ -284,7 +284,7 @@ async fn a_paused_minority_does_not_hold_up_any_step() {
 /// Sets `key` on one server directly, as another client's leftover would be.
 async fn set_foreign(server: &RedisServer, key: &str) {
     let locks = RedisLock::connect(&server.url()).await.expect("connect");
-    let mut conn = locks.connection();
+    let mut conn = locks.connection().await.expect("a connection of our own");
     let _: () = redis::cmd("SET")
         .arg(key)
         .arg("someone-else")

@@ -744,7 +744,13 @@ impl RedlockLease {
     fn release_calls(&self, which: impl Iterator<Item = usize>) -> Vec<NodeCall<i64>> {
         self.inner
             .calls(which, "release", &RELEASE, &self.key, |member| {
-                vec![self.token.to_vec(), member.channel.clone().into_bytes()]
+                // No release record ("0"): a Redlock node is one server,
+                // whose connection never sends a script twice.
+                vec![
+                    self.token.to_vec(),
+                    member.channel.clone().into_bytes(),
+                    b"0".to_vec(),
+                ]
             })
     }
 

@@ -320,8 +320,8 @@ async fn a_sequence_restarted_after_setup_refuses_falling_transaction_tokens() {
     other.rollback().await.expect("rollback");
     tx.rollback().await.expect("rollback");
 
-    // The free functions and a fresh XactLocks keep no history; the one
-    // from the session client shares its floor both ways.
+    // `session.xact()` shares its client's record: the session lock is
+    // refused too, though the session itself never saw those tokens.
     let err = session
         .try_acquire(&name, TTL)
         .await

@@ -133,7 +133,11 @@
 //! (`ALTER SEQUENCE … RESTART`, `setval`, `INCREMENT -1`) is caught by the
 //! token itself: each client refuses a grant whose token does not rise
 //! above the highest it has granted (the session is closed, so the lock is
-//! freed) and checks the sequence again for the error. On a server
+//! freed) and checks the sequence again for the error. Transaction locks
+//! ([`xact::XactLocks`]) do the same, sharing the record of the client they
+//! came from (a refused `lock` rolls its savepoint back; a refused
+//! `try_lock` stays taken until the transaction ends); the free functions
+//! `xact::try_lock` / `xact::lock` keep no record. On a server
 //! whose default is `synchronous_commit = off` (or `local`), the acquire
 //! statement makes its own commit wait for the WAL flush, so a crash cannot
 //! hand out old tokens again (`nextval` logs only every 32nd value, so this

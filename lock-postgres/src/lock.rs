@@ -236,12 +236,15 @@ impl PgAdvisoryLock {
     }
 
     /// Transaction-scoped locks with this client's key namespace and
-    /// fencing sequence (see [`XactLocks`]).
+    /// fencing sequence (see [`XactLocks`]). They share this client's
+    /// record of the highest token granted, so a token that falls below
+    /// one a session lock got is refused too, and the other way round.
     pub fn xact(&self) -> XactLocks {
         let core = self.core();
         XactLocks::new()
             .key_namespace(core.namespace.clone())
             .fencing_sequence_qualified(core.sequence_schema.clone(), core.sequence.clone())
+            .token_floor(Arc::clone(&core.token_floor))
     }
 
     /// How many locks this client holds right now (each pins a connection).

@@ -43,61 +43,78 @@ pub(crate) async fn ensure(
             Err(err) => return Err(cannot_create(err, sequence, schema, &role)),
         }
     }
+    match problem(conn, sequence).await.map_err(from_sqlx)? {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// What makes `sequence` unfit to hand out fencing tokens to the current
+/// role — not a sequence, not usable, or able to fall or repeat — or `None`.
+/// Read-only, so it can run inside a caller's transaction.
+async fn problem(
+    conn: &mut PgConnection,
+    sequence: &str,
+) -> Result<Option<LockError>, sqlx::Error> {
     let shape: Option<Shape> = sqlx::query_as(
         "SELECT pg_catalog.has_sequence_privilege(c.oid, 'USAGE'), s.seqcache, \
-                s.seqrelid IS NOT NULL, s.seqincrement, s.seqcycle \
+                s.seqrelid IS NOT NULL, s.seqincrement, s.seqcycle, current_user::text \
          FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_sequence s ON s.seqrelid = c.oid \
          WHERE c.oid = pg_catalog.to_regclass($1)",
     )
     .bind(sequence)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(from_sqlx)?;
-    let (usable, cache, is_sequence, increment, cycle) =
-        shape.unwrap_or((false, None, false, None, None));
+    .await?;
+    let (usable, cache, is_sequence, increment, cycle, role) =
+        shape.unwrap_or((false, None, false, None, None, String::new()));
     if !is_sequence {
-        return Err(LockError::backend(format!(
+        return Ok(Some(LockError::backend(format!(
             "{sequence} is not a sequence; fencing tokens need one: drop or rename it, or \
              choose another name with PgLockOptions::fencing_sequence"
-        )));
+        ))));
     }
     if !usable {
-        return Err(LockError::backend(format!(
+        return Ok(Some(LockError::backend(format!(
             "role {role:?} may not use the fencing-token sequence {sequence}; grant it with: \
              GRANT USAGE ON SEQUENCE {sequence} TO {}",
             quote_ident(&role)
-        )));
+        ))));
     }
     if cache.is_some_and(|cache| cache > 1) {
-        return Err(LockError::backend(format!(
+        return Ok(Some(LockError::backend(format!(
             "the fencing-token sequence {sequence} caches values per session (CACHE {}), so \
              its values do not increase across sessions; run: ALTER SEQUENCE {sequence} CACHE 1",
             cache.unwrap_or_default()
-        )));
+        ))));
     }
     if let Some(increment) = increment.filter(|increment| *increment < 1) {
-        return Err(LockError::backend(format!(
+        return Ok(Some(LockError::backend(format!(
             "the fencing-token sequence {sequence} counts down (INCREMENT {increment}), so a \
              later holder would get a lower token than an earlier one; run: ALTER SEQUENCE \
              {sequence} INCREMENT 1, then setval it above the highest token handed out"
-        )));
+        ))));
     }
     if cycle == Some(true) {
-        return Err(LockError::backend(format!(
+        return Ok(Some(LockError::backend(format!(
             "the fencing-token sequence {sequence} has CYCLE: at its MAXVALUE it starts over \
              and hands out old tokens again; run: ALTER SEQUENCE {sequence} NO CYCLE"
-        )));
+        ))));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What `pg_sequence` says about a relation: may we use it, its cache, is
-/// it a sequence at all, its increment, whether it cycles.
-type Shape = (bool, Option<i64>, bool, Option<i64>, Option<bool>);
+/// it a sequence at all, its increment, whether it cycles; and who we are.
+type Shape = (bool, Option<i64>, bool, Option<i64>, Option<bool>, String);
 
 /// The highest fencing token one client has seen granted: a token that does
 /// not rise above it means the sequence was set back or turned around after
 /// it was checked, and the grant must not be reported.
+///
+/// One per client, shared by its session locks and the [`XactLocks`]
+/// (and their clones) made from it.
+///
+/// [`XactLocks`]: crate::xact::XactLocks
 #[derive(Debug, Default)]
 pub(crate) struct TokenFloor(AtomicU64);
 
@@ -110,27 +127,78 @@ impl TokenFloor {
         self.0.load(Ordering::Acquire)
     }
 
-    /// True (and the floor raised) when `token` rose above `floor`, the
-    /// value [`before_draw`](Self::before_draw) returned.
-    pub(crate) fn admit(&self, floor: u64, token: u64) -> bool {
-        if token <= floor {
-            return false;
+    /// `fence`, the value `sequence` handed out, as the grant's token when
+    /// it rose above `floor` (what [`before_draw`](Self::before_draw)
+    /// returned; the floor is raised to it); otherwise the refusal — also
+    /// for a value below 1, which no fencing token may be. The caller must
+    /// then free the lock the statement took.
+    pub(crate) fn admit(&self, sequence: &str, floor: u64, fence: i64) -> Result<u64, Fell> {
+        match u64::try_from(fence) {
+            Ok(token) if token > floor => {
+                self.0.fetch_max(token, Ordering::AcqRel);
+                Ok(token)
+            }
+            _ => {
+                tracing::warn!(
+                    sequence,
+                    token = fence,
+                    floor,
+                    "fencing token did not rise; refusing the grant"
+                );
+                Err(Fell {
+                    token: fence,
+                    floor,
+                })
+            }
         }
-        self.0.fetch_max(token, Ordering::AcqRel);
-        true
     }
 }
 
-/// The error for a token at or below the floor, after a fresh check of the
-/// sequence found nothing more specific.
-pub(crate) fn did_not_rise(sequence: &str, token: u64, floor: u64) -> LockError {
-    LockError::backend(format!(
-        "the fencing-token sequence {sequence} handed out {token}, which did not rise above \
-         {floor}, a token this client already granted: it was set back (ALTER SEQUENCE … \
-         RESTART or setval) or turned around. The lock was not granted (its session was \
-         closed). Run: SELECT setval('{sequence}', <the highest token ever handed out>) — at \
-         least {floor} — and check the sequence with ALTER SEQUENCE if it was changed"
-    ))
+/// A grant refused by [`TokenFloor::admit`]: its token, and the floor it
+/// did not rise above.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fell {
+    token: i64,
+    floor: u64,
+}
+
+impl Fell {
+    /// The error, after a fresh, read-only look at `sequence` over `conn`
+    /// (which may be the caller's transaction): what is wrong with the
+    /// sequence now (it counts down, cycles, …), or else that it was set
+    /// back. `freed` says what became of the lock the statement took.
+    pub(crate) async fn explain(
+        self,
+        conn: &mut PgConnection,
+        sequence: &str,
+        freed: &str,
+    ) -> LockError {
+        match problem(conn, sequence).await {
+            Ok(Some(err)) => err,
+            Ok(None) | Err(_) => self.error(sequence, freed),
+        }
+    }
+
+    /// The error without a look at the sequence (no connection to look with).
+    pub(crate) fn error(self, sequence: &str, freed: &str) -> LockError {
+        let Fell { token, floor } = self;
+        if floor == 0 {
+            return LockError::backend(format!(
+                "the fencing-token sequence {sequence} handed out {token}; tokens must count \
+                 up from 1. The lock was not granted ({freed}). Run: SELECT \
+                 setval('{sequence}', <the highest token ever handed out>), and check the \
+                 sequence with ALTER SEQUENCE if it was changed"
+            ));
+        }
+        LockError::backend(format!(
+            "the fencing-token sequence {sequence} handed out {token}, which did not rise \
+             above {floor}, a token this client already granted: it was set back (ALTER \
+             SEQUENCE … RESTART or setval) or turned around. The lock was not granted \
+             ({freed}). Run: SELECT setval('{sequence}', <the highest token ever handed \
+             out>) — at least {floor} — and check the sequence with ALTER SEQUENCE if it \
+             was changed"
+        ))
+    }
 }
 
 fn cannot_create(err: sqlx::Error, sequence: &str, schema: &str, role: &str) -> LockError {

@@ -16,7 +16,7 @@ use crate::error::{
 use crate::lease::PgLease;
 use crate::listener::Listener;
 use crate::pool::{AcquireError, ConnPool};
-use crate::sequence::{TokenFloor, did_not_rise};
+use crate::sequence::{Fell, TokenFloor};
 use crate::sql::{SESSION_CHANGED, SESSION_SHARED, Statements};
 use crate::{WaitStrategy, lock_key_in};
 
@@ -84,8 +84,10 @@ pub(crate) struct Core {
     /// The schema it lives in (unquoted).
     pub(crate) sequence_schema: String,
     pub(crate) sequence_ready: OnceCell<()>,
-    /// The highest fencing token this client granted: later ones must rise above it.
-    pub(crate) token_floor: TokenFloor,
+    /// The highest fencing token this client granted: later ones must rise
+    /// above it. Shared with the [`XactLocks`](crate::xact::XactLocks) made
+    /// from this client.
+    pub(crate) token_floor: Arc<TokenFloor>,
     pub(crate) namespace: String,
     pub(crate) strategy: WaitStrategy,
     pub(crate) channel: String,
@@ -148,17 +150,14 @@ impl Core {
                     false,
                 )),
                 Ok(Ok((Some(fence), pid))) => {
-                    let fencing_token = u64::try_from(fence).map_err(|_| {
-                        LockError::backend(format!(
-                            "the fencing sequence {} returned {fence}; it must count up from 1",
-                            self.sequence
-                        ))
-                    })?;
-                    if !self.token_floor.admit(floor, fencing_token) {
-                        // Closing the session frees the lock it was just granted.
-                        drop(conn);
-                        return Err(self.token_fell(fencing_token, floor).await);
-                    }
+                    let fencing_token = match self.token_floor.admit(&self.sequence, floor, fence) {
+                        Ok(token) => token,
+                        Err(fell) => {
+                            // Closing the session frees the lock it was just granted.
+                            drop(conn);
+                            return Err(self.token_fell(fell).await);
+                        }
+                    };
                     conn.backend_pid = Some(pid);
                     Ok(Attempt::Acquired {
                         lease: PgLease::new(Arc::clone(self), key, pid, conn.pin()),
@@ -212,29 +211,20 @@ impl Core {
         from_sqlx(err)
     }
 
-    /// The error for a grant whose token did not rise above `floor`: what a
-    /// fresh check of the sequence finds wrong with it, or that it was set back.
-    async fn token_fell(self: &Arc<Self>, token: u64, floor: u64) -> LockError {
-        tracing::warn!(
-            sequence = %self.sequence,
-            token,
-            floor,
-            "fencing token did not rise; refusing the grant"
-        );
+    /// The error for a grant whose token did not rise (its session already
+    /// closed): [`Fell::explain`] over a pool connection, within bounds.
+    async fn token_fell(self: &Arc<Self>, fell: Fell) -> LockError {
+        const FREED: &str = "its session was closed, which freed the lock";
         let until = Instant::now().checked_add(self.pool_timeout);
-        let mut conn = match self.connection(until).await {
-            Ok(conn) => conn,
-            Err(_) => return did_not_rise(&self.sequence, token, floor),
+        let Ok(mut conn) = self.connection(until).await else {
+            return fell.error(&self.sequence, FREED);
         };
-        let check = crate::sequence::ensure(conn.raw(), &self.sequence, &self.sequence_schema);
-        match tokio::time::timeout(self.query_timeout * 2, check).await {
-            Ok(Ok(())) => {
-                conn.recycle();
-                did_not_rise(&self.sequence, token, floor)
-            }
-            Ok(Err(err)) => err,
-            Err(_) => did_not_rise(&self.sequence, token, floor),
-        }
+        let explain = fell.explain(conn.raw(), &self.sequence, FREED);
+        // `conn` is dropped, so closed: it is not worth knowing whether the
+        // look left it healthy.
+        tokio::time::timeout(self.query_timeout * 2, explain)
+            .await
+            .unwrap_or_else(|_| fell.error(&self.sequence, FREED))
     }
 
     /// Makes sure the fencing sequence exists and is usable, once per client.

@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lock_api::{LockError, validate_name};
@@ -45,6 +46,7 @@ use sqlx::postgres::{PgConnection, PgRow, Postgres};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _, Transaction};
 
 use crate::error::{from_sqlx, pooled_session, pooler_statement_error, sqlstate};
+use crate::sequence::TokenFloor;
 use crate::sql::{HELD_MARKER, qualified};
 use crate::{lock_key_in, sequence};
 
@@ -55,8 +57,12 @@ use crate::{lock_key_in, sequence};
 // through transaction poolers that hand one client's named statements to
 // other clients' sessions (PgBouncer before 1.21). One round trip either way.
 
-const SHARED_SESSION: i64 = -2;
-const MISSING_SEQUENCE: i64 = -1;
+// What the statements return instead of a token when a check fails: far
+// below any token, so a sequence set back below zero is never mistaken for
+// one (`i64::MIN` itself would be read as `numeric` in SQL text). A held
+// lock is NULL, so no value the sequence hands out means "held".
+const SHARED_SESSION: i64 = i64::MIN + 1;
+const MISSING_SEQUENCE: i64 = i64::MIN + 2;
 
 /// `CASE` branches shared by the checks (`$2`: the sequence): the session
 /// already holds one of our *session* locks (taken through a transaction
@@ -69,13 +75,13 @@ fn checks() -> String {
     )
 }
 
-/// `$1` key, `$2` sequence → the fencing token, 0 when held, or a check's code.
+/// `$1` key, `$2` sequence → the fencing token, NULL when held, or a check's code.
 fn try_lock_sql() -> String {
     format!(
         "SELECT CASE {checks} \
                 WHEN pg_catalog.pg_try_advisory_xact_lock($1) \
                      THEN pg_catalog.nextval(pg_catalog.to_regclass($2)) \
-                ELSE 0 END",
+                ELSE NULL END",
         checks = checks()
     )
 }
@@ -145,12 +151,24 @@ fn inline(sql: &str, values: &[Value<'_>]) -> String {
 /// create the sequence (a transaction-pooled connection should not run
 /// DDL): run [`create_sequence`](Self::create_sequence) once, or
 /// `CREATE SEQUENCE public.distlock_fencing_token` in a migration.
+///
+/// Each `XactLocks` remembers the highest fencing token it granted, shared
+/// by its clones and, for one made by
+/// [`PgAdvisoryLock::xact`](crate::PgAdvisoryLock::xact), with its client's
+/// session locks. A grant whose token does not rise above it — the sequence
+/// was set back (`ALTER SEQUENCE … RESTART`, `setval`) or turned around
+/// after it was set up — is refused with [`LockError::Backend`]. So keep one
+/// `XactLocks` per database (the free functions [`try_lock`] and [`lock`]
+/// start from nothing on every call, and cannot notice a sequence set back).
 #[derive(Debug, Clone)]
 pub struct XactLocks {
     namespace: String,
     schema: String,
     sequence: String,
     simple_queries: bool,
+    /// The highest token granted through this value, its clones, and the
+    /// client it came from.
+    floor: Arc<TokenFloor>,
 }
 
 impl Default for XactLocks {
@@ -160,6 +178,7 @@ impl Default for XactLocks {
             schema: "public".to_owned(),
             sequence: qualified("public", "distlock_fencing_token"),
             simple_queries: false,
+            floor: Arc::default(),
         }
     }
 }
@@ -186,6 +205,12 @@ impl XactLocks {
     pub(crate) fn fencing_sequence_qualified(mut self, schema: String, sequence: String) -> Self {
         self.schema = schema;
         self.sequence = sequence;
+        self
+    }
+
+    /// Shares `floor` (a session client's) instead of starting from nothing.
+    pub(crate) fn token_floor(mut self, floor: Arc<TokenFloor>) -> Self {
+        self.floor = floor;
         self
     }
 
@@ -268,7 +293,10 @@ impl XactLocks {
     ///
     /// [`LockError::InvalidName`] for a name that breaks the naming rules;
     /// [`LockError::Backend`] when the fencing sequence is missing (the
-    /// transaction stays usable) or the statement failed.
+    /// transaction stays usable) or the statement failed; also when the
+    /// token did not rise above the highest this value granted (the
+    /// sequence was set back or turned around): then the lock is *not*
+    /// granted, but it stays taken until `tx` ends — roll `tx` back.
     pub async fn try_lock(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -288,7 +316,8 @@ impl XactLocks {
         tx: &mut Transaction<'_, Postgres>,
         key: i64,
     ) -> Result<Option<u64>, LockError> {
-        let fence: i64 = self
+        let floor = self.floor.before_draw();
+        let fence: Option<i64> = self
             .run(
                 tx,
                 &try_lock_sql(),
@@ -298,10 +327,16 @@ impl XactLocks {
             .and_then(|row| row.try_get(0))
             .map_err(|err| self.explain(err))?;
         match fence {
-            SHARED_SESSION => Err(shared_session()),
-            MISSING_SEQUENCE => Err(self.missing_sequence()),
-            0 => Ok(None),
-            fence => Ok(Some(self.token(fence)?)),
+            Some(SHARED_SESSION) => Err(shared_session()),
+            Some(MISSING_SEQUENCE) => Err(self.missing_sequence()),
+            None => Ok(None),
+            Some(fence) => match self.floor.admit(&self.sequence, floor, fence) {
+                Ok(token) => Ok(Some(token)),
+                Err(fell) => {
+                    let freed = "it stays taken until the transaction ends: roll it back";
+                    Err(fell.explain(tx, &self.sequence, freed).await)
+                }
+            },
         }
     }
 
@@ -316,7 +351,9 @@ impl XactLocks {
     ///
     /// [`LockError::Timeout`] when the lock was not granted within `wait`
     /// (or within the session's `statement_timeout`, when that is shorter);
-    /// otherwise as [`try_lock`](Self::try_lock).
+    /// otherwise as [`try_lock`](Self::try_lock), except that a token that
+    /// did not rise leaves nothing taken: the savepoint is rolled back and
+    /// `tx` stays usable.
     ///
     /// # Cancel safety
     ///
@@ -374,6 +411,7 @@ impl XactLocks {
                 self.missing_sequence()
             });
         }
+        let floor = self.floor.before_draw();
         let locked = self
             .run(
                 &mut savepoint,
@@ -387,11 +425,19 @@ impl XactLocks {
             .await
             .and_then(|row| row.try_get::<i64, _>(0));
         match locked {
-            Ok(fence) => {
-                // RELEASE SAVEPOINT: the lock passes to the enclosing transaction.
-                savepoint.commit().await.map_err(from_sqlx)?;
-                self.token(fence)
-            }
+            Ok(fence) => match self.floor.admit(&self.sequence, floor, fence) {
+                Ok(token) => {
+                    // RELEASE SAVEPOINT: the lock passes to the enclosing transaction.
+                    savepoint.commit().await.map_err(from_sqlx)?;
+                    Ok(token)
+                }
+                Err(fell) => {
+                    let freed = "its savepoint was rolled back, which freed it";
+                    let err = fell.explain(&mut savepoint, &self.sequence, freed).await;
+                    savepoint.rollback().await.map_err(from_sqlx)?;
+                    Err(err)
+                }
+            },
             Err(err) => {
                 savepoint.rollback().await.map_err(from_sqlx)?;
                 // lock_timeout (our `wait`), or the session's shorter
@@ -403,15 +449,6 @@ impl XactLocks {
                 }
             }
         }
-    }
-
-    fn token(&self, fence: i64) -> Result<u64, LockError> {
-        u64::try_from(fence).map_err(|_| {
-            LockError::backend(format!(
-                "the fencing sequence {} returned {fence}; it must count up from 1",
-                self.sequence
-            ))
-        })
     }
 
     fn missing_sequence(&self) -> LockError {

@@ -216,3 +216,138 @@ async fn namespaces_and_raw_keys_agree_with_the_session_client() {
         .expect_err("empty");
     assert!(matches!(err, LockError::InvalidName(_)));
 }
+
+/// `ALTER SEQUENCE … RESTART` (or `setval`, or `INCREMENT -1`) after the
+/// sequence was set up: a transaction lock's token does not rise above one
+/// this `XactLocks` (or the session client it came from) already handed
+/// out. The grant is refused with a typed error, whether it came from
+/// `try_lock` or from a timed `lock` (whose savepoint is rolled back, so
+/// the lock is freed and the transaction stays usable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_restarted_after_setup_refuses_falling_transaction_tokens() {
+    let url = database_url().await;
+    let session = lock_postgres::PgLockOptions::new()
+        .fencing_sequence("public", "restarted_xact_tokens")
+        .connect(&url)
+        .await
+        .expect("connect");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("a pool");
+    let locks = session.xact();
+    let mut conn = pool.acquire().await.expect("conn");
+    locks.create_sequence(&mut conn).await.expect("create");
+    drop(conn);
+    let name = common::name("xact-restart");
+    let mut last = 0;
+    for _ in 0..3 {
+        let mut tx = pool.begin().await.expect("begin");
+        let fence = locks
+            .try_lock(&mut tx, &name)
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(fence > last);
+        let again = locks
+            .clone()
+            .lock(&mut tx, &format!("{name}-2"), Duration::from_secs(1))
+            .await
+            .expect("lock");
+        assert!(again > fence);
+        last = again;
+        tx.commit().await.expect("commit");
+    }
+    let restart = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::raw_sql(sql)
+                .execute(&pool)
+                .await
+                .expect("change the sequence");
+        }
+    };
+    let refused = |outcome: Result<Option<u64>, LockError>, what: &str, expect: &str| {
+        let err = match outcome {
+            Ok(Some(fence)) => panic!(
+                "{what}: granted with token {fence} after tokens up to {last} were handed out"
+            ),
+            Ok(None) => panic!("{what}: nobody else holds the lock"),
+            Err(err) => err,
+        };
+        assert!(
+            matches!(err, LockError::Backend(_)),
+            "{what}: expected a Backend error, got {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(expect), "{what}: {text}");
+    };
+    restart("ALTER SEQUENCE public.restarted_xact_tokens RESTART").await;
+
+    // try_lock: refused (the lock stays held until the transaction ends).
+    let mut tx = pool.begin().await.expect("begin");
+    refused(
+        locks.try_lock(&mut tx, &name).await,
+        "try_lock",
+        "did not rise",
+    );
+    tx.rollback().await.expect("rollback");
+
+    // A timed lock: refused, its savepoint rolled back — the lock is free
+    // again while the transaction is still open and usable.
+    let mut tx = pool.begin().await.expect("begin");
+    refused(
+        locks
+            .lock(&mut tx, &name, Duration::from_secs(1))
+            .await
+            .map(Some),
+        "lock",
+        "setval",
+    );
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("usable");
+    assert_eq!(one, 1);
+    let mut other = pool.begin().await.expect("begin");
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(locks.key(&name))
+        .fetch_one(&mut *other)
+        .await
+        .expect("try directly");
+    assert!(free, "the refused lock is still held");
+    other.rollback().await.expect("rollback");
+    tx.rollback().await.expect("rollback");
+
+    // `session.xact()` shares its client's record: the session lock is
+    // refused too, though the session itself never saw those tokens.
+    let err = session
+        .try_acquire(&name, TTL)
+        .await
+        .map(|guard| guard.map(|guard| guard.fencing_token()));
+    refused(err, "session lock", "did not rise");
+
+    // A later change of direction is caught the same way, with the
+    // specific error from re-checking the sequence.
+    restart(
+        "SELECT setval('public.restarted_xact_tokens', 1000000); \
+         ALTER SEQUENCE public.restarted_xact_tokens INCREMENT -1",
+    )
+    .await;
+    let mut seen = Vec::new();
+    loop {
+        let mut tx = pool.begin().await.expect("begin");
+        match locks.try_lock(&mut tx, &name).await {
+            Ok(Some(fence)) => {
+                seen.push(fence);
+                assert!(seen.len() < 3, "falling tokens granted: {seen:?}");
+            }
+            outcome => {
+                refused(outcome, "INCREMENT -1", "INCREMENT -1");
+                break;
+            }
+        }
+        tx.rollback().await.expect("rollback");
+    }
+}

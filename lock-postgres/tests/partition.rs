@@ -69,6 +69,18 @@ async fn partitioned_holder_keeps_its_lease(
     options: PgLockOptions,
     query: &str,
 ) {
+    partitioned_holder_keeps_its_extended_lease(test, ttl, ttl, options, query).await;
+}
+
+/// As [`partitioned_holder_keeps_its_lease`], with the lock taken for
+/// `first_ttl` and extended to `ttl` before the partition.
+async fn partitioned_holder_keeps_its_extended_lease(
+    test: &str,
+    first_ttl: Duration,
+    ttl: Duration,
+    options: PgLockOptions,
+    query: &str,
+) {
     let url = database_url().await;
     let (port, database) = port_and_database(&url);
     let alias = tokio::task::spawn_blocking(move || AliasPort::new(port))
@@ -85,27 +97,33 @@ async fn partitioned_holder_keeps_its_lease(
         .connect(&holder_url)
         .await
         .expect("connect through the alias");
-    let other = PgAdvisoryLock::connect(&url).await.expect("connect directly");
+    let other = PgAdvisoryLock::connect(&url)
+        .await
+        .expect("connect directly");
     let mut outside = observer(&url).await;
     let name = common::name(test);
     let history = History::new();
 
-    let held = history
-        .acquire(0, &holder, &name, ttl, Duration::ZERO)
+    let mut held = history
+        .acquire(0, &holder, &name, first_ttl, Duration::ZERO)
         .await
         .expect("free");
+    if first_ttl != ttl {
+        held.guard_mut().extend(ttl).await.expect("extend");
+    }
     let holder_pid = common::holder_pid(&mut outside, holder.key(&name))
         .await
         .expect("held");
     // Partition an idle session: once the holder's kernel has acknowledged
     // everything the server sent, only the server's keepalives (and the
     // TTL) can end it.
-    let client_port: i32 =
-        lock_postgres::sqlx::query_scalar("SELECT client_port FROM pg_stat_activity WHERE pid = $1")
-            .bind(holder_pid)
-            .fetch_one(&mut outside)
-            .await
-            .expect("the holder's port");
+    let client_port: i32 = lock_postgres::sqlx::query_scalar(
+        "SELECT client_port FROM pg_stat_activity WHERE pid = $1",
+    )
+    .bind(holder_pid)
+    .fetch_one(&mut outside)
+    .await
+    .expect("the holder's port");
     let client_port = u16::try_from(client_port).expect("a TCP client");
     common::eventually(SLACK, "the holder acknowledges the grant", || async {
         unacknowledged_bytes(port, client_port) == Some(0)
@@ -136,7 +154,11 @@ async fn partitioned_holder_keeps_its_lease(
     partition.heal().expect("heal");
     // The holder learns of the loss: its session is gone.
     let released = within(SLACK * 3, "the holder's release", held.release()).await;
-    assert_eq!(Outcome::of_release(&released), Outcome::Failed, "{released:?}");
+    assert_eq!(
+        Outcome::of_release(&released),
+        Outcome::Failed,
+        "{released:?}"
+    );
     next.release().await.expect("the next holder's lock");
 
     let report = history.check();
@@ -170,6 +192,19 @@ async fn the_servers_tcp_timers_do_not_free_a_partitioned_holders_lock_early() {
         PgLockOptions::new().tcp_keepalives(None),
         "?options=-c%20tcp_keepalives_idle%3D1%20-c%20tcp_keepalives_interval%3D1\
          %20-c%20tcp_keepalives_count%3D2%20-c%20tcp_user_timeout%3D1500",
+    )
+    .await;
+}
+
+/// The TCP timers follow the TTL of the last extend, not the first grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_lease_outlasts_short_keepalives_too() {
+    partitioned_holder_keeps_its_extended_lease(
+        "extended",
+        Duration::from_millis(1500),
+        TTL,
+        PgLockOptions::new().tcp_keepalives(Some(fast_keepalives())),
+        "",
     )
     .await;
 }

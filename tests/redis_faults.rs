@@ -414,7 +414,7 @@ async fn partitioned_holders_are_never_overlapped() {
     })
     .await;
     eprintln!(
-        "partition: {} clients × {} cycles, {} partitions of {:?} (TTL {ttl:?}), {} taken \
+        "partition: {} clients, {} lock cycles in all, {} partitions of {:?} (TTL {ttl:?}), {} taken \
          over meanwhile, {} connection errors: {}; took {:?}",
         plan.clients,
         outcomes.cycles,

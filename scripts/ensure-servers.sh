@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the server binaries the tests and benchmarks start are installed:
 # redis-server and PostgreSQL (initdb, postgres, pg_isready, psql), PgBouncer
-# (the pooler tests put it in front of PostgreSQL), and openssl (the TLS tests
+# (the pooler tests put it in front of PostgreSQL), iptables (the partition
+# tests drop a client's packets on loopback), and openssl (the TLS tests
 # make their own throwaway CA with it), and the OpenSSL headers (libssl-dev,
 # pkg-config) the comparison run's peer crates link against.
 # Installs what is missing with apt-get (as root, or through sudo); otherwise
@@ -36,6 +37,9 @@ find_pg_bin >/dev/null || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]]; }
 have_pgbouncer || missing+=(pgbouncer)
+# The partition tests drop a client's packets on loopback with iptables.
+have_iptables() { command -v iptables >/dev/null 2>&1 || [[ -x /usr/sbin/iptables ]]; }
+have_iptables || missing+=(iptables)
 # The comparison run's peer crates link OpenSSL (native-tls, through sqlx 0.8).
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
 

@@ -4,7 +4,8 @@
 //! terminated, the server restarted and killed, the pool exhausted by held
 //! locks, and server-side `statement_timeout` / `lock_timeout`. The
 //! single-operation cases are in `lock-postgres/tests/`; this file adds the
-//! scenarios.
+//! scenarios. The standing partition nemesis (holders cut off in the kernel
+//! for longer than the TTL) is at the end.
 //!
 //! How a fault is recorded: the lock ends on the server when the fault hits
 //! (the session is gone), so the victim's definitely-held interval ends
@@ -13,6 +14,8 @@
 //! workers hold shared and the injector exclusively). Every other overlap
 //! is a double grant.
 
+mod nemesis;
+
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::postgres::sqlx::{self, Connection as _, PgConnection};
-use distlock::postgres::{PgAdvisoryLock, PgLockOptions, PoolExhausted, xact};
+use distlock::postgres::{PgAdvisoryLock, PgLockOptions, PoolExhausted, TcpKeepalives, xact};
 use distlock::{DistributedLock, LockContext, LockError};
 use lock_api::Instant;
 use lock_testkit::{History, OpId, Outcome, PgServer, Report};
@@ -779,4 +782,79 @@ async fn statement_timeout_and_lock_timeout_are_honoured() {
         .await
         .expect("count");
     assert_eq!(left, 0);
+}
+
+/// The standing partition nemesis (see `tests/nemesis`): holders cut off in
+/// the kernel for longer than the TTL, so that only the server's timers —
+/// `idle_session_timeout`, and TCP's, which the TTL bounds — can free their
+/// locks; no one may be granted a lock a partitioned holder's guard still
+/// counts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_holders_are_never_overlapped() {
+    let started = std::time::Instant::now();
+    let url = blocking(lock_testkit::database_url)
+        .await
+        .expect("a database");
+    let rest = url.split_once('@').expect("user@host").1;
+    let (addr, database) = rest.split_once('/').expect("host/db");
+    let port: u16 = addr
+        .rsplit_once(':')
+        .expect("host:port")
+        .1
+        .parse()
+        .expect("a port");
+    let app = app_name("partition");
+    // Keepalives that give up on a silent client after about 2 s, inside
+    // the TTL: the server must still keep a holder's session for the TTL.
+    let ttl = Duration::from_secs(3);
+    let keepalives = TcpKeepalives {
+        idle: Duration::from_secs(1),
+        interval: Duration::from_secs(1),
+        count: 1,
+    };
+    let plan = nemesis::Plan {
+        clients: 4,
+        names: 2,
+        ttl,
+        partitions: 3,
+        partition_for: ttl * 2 + Duration::from_millis(500),
+        call_limit: ttl * 3,
+    };
+    let outcomes = nemesis::run(plan, port, |alias| {
+        let (app, database) = (app.clone(), database.to_owned());
+        async move {
+            PgLockOptions::new()
+                .application_name(&app)
+                .max_connections(4)
+                .connect_timeout(Duration::from_secs(1))
+                .pool_timeout(Duration::from_secs(1))
+                .query_timeout(Duration::from_millis(500))
+                .tcp_keepalives(Some(keepalives))
+                .connect(&format!("postgres://postgres@127.0.0.1:{alias}/{database}"))
+                .await
+                .expect("connect through an alias port")
+        }
+    })
+    .await;
+    eprintln!(
+        "partition: {} clients, {} lock cycles in all, {} partitions of {:?} (TTL {ttl:?}), {} taken \
+         over meanwhile, {} connection errors: {}; took {:?}",
+        plan.clients,
+        outcomes.cycles,
+        outcomes.partitions,
+        plan.partition_for,
+        outcomes.takeovers,
+        outcomes.errors,
+        outcomes.report.summary(),
+        started.elapsed()
+    );
+    outcomes.report.assert_ok();
+    assert_eq!(outcomes.partitions, plan.partitions);
+    assert!(
+        outcomes.takeovers >= 1,
+        "no partitioned holder's lock went to another client: the partitions did not outlast the TTL"
+    );
+    // The server let go of everything: no session of the clients holds a lock.
+    let observer = Observer { url, app };
+    observer.settled(0, ttl * 4).await;
 }

@@ -2,8 +2,11 @@
 //! locks are held, frozen, a holder stalled past its TTL, a slow link and a
 //! cut link. Each scenario runs in bounded time; the single-operation
 //! behaviour is in `lock-redis/tests/faults.rs`, this file adds concurrent
-//! holders and waiters and the mutual-exclusion check.
+//! holders and waiters and the mutual-exclusion check. The standing
+//! partition nemesis (holders cut off in the kernel for longer than the TTL)
+//! is at the end.
 
+mod nemesis;
 mod workload;
 
 use std::sync::Arc;
@@ -393,4 +396,44 @@ async fn a_cut_link_is_a_connection_error_in_bounded_time() {
     report.assert_ok();
     assert_eq!(report.counts.acquired, 2);
     assert_eq!(report.counts.unknown, 2, "the two calls over the cut link");
+}
+
+/// The standing partition nemesis (see `tests/nemesis`): holders cut off in
+/// the kernel for longer than the TTL; the key expires on the server, and
+/// no one may be granted a lock a partitioned holder's guard still counts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_holders_are_never_overlapped() {
+    let started = std::time::Instant::now();
+    let server = RedisServer::start().expect("redis-server");
+    let ttl = Duration::from_millis(1500);
+    let plan = nemesis::Plan {
+        clients: 4,
+        names: 2,
+        ttl,
+        partitions: 4,
+        partition_for: ttl * 2 + Duration::from_millis(500),
+        call_limit: ttl * 3,
+    };
+    let outcomes = nemesis::run(plan, server.port(), |alias| async move {
+        connect(&format!("redis://127.0.0.1:{alias}/")).await
+    })
+    .await;
+    eprintln!(
+        "partition: {} clients, {} lock cycles in all, {} partitions of {:?} (TTL {ttl:?}), {} taken \
+         over meanwhile, {} connection errors: {}; took {:?}",
+        plan.clients,
+        outcomes.cycles,
+        outcomes.partitions,
+        plan.partition_for,
+        outcomes.takeovers,
+        outcomes.errors,
+        outcomes.report.summary(),
+        started.elapsed()
+    );
+    outcomes.report.assert_ok();
+    assert_eq!(outcomes.partitions, plan.partitions);
+    assert!(
+        outcomes.takeovers >= 1,
+        "no partitioned holder's lock went to another client: the partitions did not outlast the TTL"
+    );
 }

@@ -61,20 +61,23 @@
 //! TTL: the statement that takes the lock also sets `idle_session_timeout =
 //! ttl` on the holding session (PostgreSQL ≥ 14), so **a holding session
 //! that stays silent for the TTL is ended by PostgreSQL, and its lock is
-//! freed** — as a Redis key expires. [`extend`](LockGuard::extend) is one
+//! freed** — as a Redis key expires. The same statement sets the session's
+//! `tcp_user_timeout = ttl`, so that TCP does not end the session *sooner*
+//! (see below). [`extend`](LockGuard::extend) is one
 //! statement on the holding connection that checks `pg_locks` for the key
-//! and sets the timeout again (any statement restarts the idle timer). So
+//! and sets both again (any statement restarts the idle timer). So
 //! the liveness check while holding *is* the renewal:
 //! [`auto_renew`](LockGuard::auto_renew) extends every `ttl / 3`, and a
 //! holder whose connection died learns it there, at the latest a third of
-//! the TTL later. Release restores the session's default timeout in the
+//! the TTL later. Release restores the session's defaults in the
 //! same statement as the unlock. Sub-millisecond TTLs round up; the
 //! longest TTL is `i32::MAX` ms (about 24.8 days).
 //!
 //! The guard's [`valid_until`](LockGuard::valid_until) (start of the
 //! acquire or extend + TTL − drift allowance) always ends before the
-//! server's deadline (end of that statement on the server + TTL), so a
-//! guard reports itself lost before another client can have the lock. An
+//! server's deadline (that statement's arrival on the server + TTL, for
+//! the idle timeout and the TCP timers alike), so a guard reports itself
+//! lost before another client can have the lock. An
 //! extend that gets no answer in time (within
 //! [`query_timeout`](PgLockOptions::query_timeout); renewal waits for it
 //! until the guard's validity ends) closes the connection and so gives the
@@ -88,14 +91,36 @@
 //! |---|---|---|
 //! | process frozen (GC pause, SIGSTOP, suspended VM) | freed TTL after the last statement (the acquire or last extend) | [`is_lost`](LockGuard::is_lost) once `valid_until` passes; `extend` / `release` return `Lost` when it wakes |
 //! | process crashed or killed | freed at once (the kernel closes the socket) | — |
-//! | host gone (power, kernel panic) or network partition | freed TTL after the last statement: the session sits idle, `idle_session_timeout` ends it | `extend` gets no answer: after [`query_timeout`](PgLockOptions::query_timeout) (renewal: at the latest when the validity ends) the connection is closed and the result is `Lost` |
+//! | host gone (power, kernel panic) or network partition | freed TTL after the last statement: the session sits idle, `idle_session_timeout` ends it (TCP keepalives and retransmissions cannot end it sooner: `tcp_user_timeout` = TTL) | `extend` gets no answer: after [`query_timeout`](PgLockOptions::query_timeout) (renewal: at the latest when the validity ends) the connection is closed and the result is `Lost` |
 //! | session terminated (`pg_terminate_backend`, pooler, idle killer) | freed at once | `Lost` on the next `extend` / `release`; with renewal within `ttl / 3` ([`lost`](LockGuard::lost) resolves) |
 //! | server restart or crash | every lock freed | as above; the client reconnects by itself |
 //!
-//! Server-side TCP keepalives ([`PgLockOptions::tcp_keepalives`], default
-//! 10 s + 3 × 5 s) cover the one case the idle timeout does not: a session
-//! blocked *writing* to a vanished client, bounded at about 25 s. Our
-//! statements return one small row, so in practice the TTL is the bound.
+//! ## Every idle timer on the path bounds the lease
+//!
+//! Anything that ends a silent connection frees the lock it holds, and
+//! must not fire before the TTL. A network partition makes the holder
+//! silent without closing anything, and then the server's TCP stack ends
+//! the session on its own schedule: keepalives after idle time plus
+//! interval × count ([`PgLockOptions::tcp_keepalives`], by default
+//! 10 s + 3 × 5 s = 25 s), unacknowledged data after `tcp_retries2` (about
+//! 15 min), or a `tcp_user_timeout` from `postgresql.conf` — each would
+//! free a lock whose holder still counts on it. So the holding session's
+//! `tcp_user_timeout` is the TTL: Linux then drops the connection only
+//! after hearing nothing for the TTL (keepalives still probe, but their
+//! count no longer ends it), which `idle_session_timeout` does at the same
+//! moment anyway. Idle pooled connections keep the keepalives as
+//! configured, and get the default `tcp_user_timeout` back on release.
+//! (This needs a server on an OS with `TCP_USER_TIMEOUT`, as Linux has;
+//! elsewhere PostgreSQL logs that it is not supported: keep
+//! `idle + interval × count` above your longest TTL, or turn keepalives
+//! off.)
+//!
+//! Timers the client cannot set stay yours to check: a proxy or pooler
+//! between client and server (PgBouncer's `client_idle_timeout` and its own
+//! `tcp_keepalive`/`tcp_user_timeout` settings on the client side, an
+//! HAProxy `timeout client`/`timeout server`, a NAT or firewall idle
+//! timeout) must not close an idle connection sooner than your longest
+//! TTL; if one does, the lock is freed early while the guard is valid.
 //! sqlx sets no client-side keepalives; the query timeout bounds the client.
 //!
 //! Servers older than 14 have no `idle_session_timeout`: [`connect`](PgLockOptions::connect)

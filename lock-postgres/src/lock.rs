@@ -169,7 +169,11 @@ impl PgAdvisoryLock {
         let sequence = qualified(&options.sequence_schema, &options.sequence_name);
         let core = Arc::new(Core {
             pool,
-            statements: Statements::new(&sequence, server.durable_commits),
+            statements: Statements::new(
+                &sequence,
+                server.durable_commits,
+                &server.default_user_timeout,
+            ),
             sequence,
             sequence_schema: options.sequence_schema.clone(),
             sequence_ready: OnceCell::new(),
@@ -366,6 +370,8 @@ struct ServerInfo {
     default_idle_timeout: String,
     /// Whether commits wait for the WAL flush by default.
     durable_commits: bool,
+    /// The session's default `tcp_user_timeout`, restored on every release.
+    default_user_timeout: String,
 }
 
 /// Connects once: the server must be reachable and new enough, and each
@@ -386,18 +392,27 @@ async fn check_server(
     // by a protocol error.
     let query = async {
         let row = sqlx::raw_sql(SERVER_INFO).fetch_one(conn.raw()).await?;
-        Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        Ok::<_, sqlx::Error>((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        ))
     };
-    let (version, idle_timeout, async_commits): (i32, Option<String>, bool) =
-        tokio::time::timeout(options.connect_timeout, query)
-            .await
-            .map_err(|_| {
-                LockError::connection(format!(
-                    "PostgreSQL did not answer within {:?}",
-                    options.connect_timeout
-                ))
-            })?
-            .map_err(from_sqlx)?;
+    let (version, idle_timeout, async_commits, user_timeout): (
+        i32,
+        Option<String>,
+        bool,
+        Option<String>,
+    ) = tokio::time::timeout(options.connect_timeout, query)
+        .await
+        .map_err(|_| {
+            LockError::connection(format!(
+                "PostgreSQL did not answer within {:?}",
+                options.connect_timeout
+            ))
+        })?
+        .map_err(from_sqlx)?;
     match idle_timeout {
         Some(idle_timeout) if version >= MIN_SERVER_VERSION => {
             check_session_affinity(conn.raw(), connect, options.connect_timeout).await?;
@@ -405,6 +420,8 @@ async fn check_server(
             Ok(ServerInfo {
                 default_idle_timeout: idle_timeout,
                 durable_commits: !async_commits,
+                // 0: the operating system's default.
+                default_user_timeout: user_timeout.unwrap_or_else(|| "0".to_owned()),
             })
         }
         _ => Err(LockError::backend(format!(
@@ -484,6 +501,56 @@ mod tests {
         };
         lease.release().await.expect("ours");
         assert_eq!(locks.idle_connections(), 1);
+    }
+
+    /// The holding session's `tcp_user_timeout` follows the TTL (grant and
+    /// extend), so TCP cannot end it sooner than the TTL; release puts the
+    /// default back before the connection is pooled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ttl_sets_the_sessions_tcp_user_timeout_and_release_restores_it() {
+        let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+            .await
+            .expect("task")
+            .expect("a database");
+        let locks = PgLockOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        let core = Arc::clone(locks.core());
+        async fn show(conn: &mut sqlx::PgConnection) -> (String, String) {
+            sqlx::query_as(
+                "SELECT current_setting('tcp_user_timeout'), \
+                        current_setting('idle_session_timeout')",
+            )
+            .fetch_one(conn)
+            .await
+            .expect("show")
+        }
+        let Attempt::Acquired { mut lease, .. } = core
+            .try_lock(core.key("user-timeout"), Duration::from_secs(8))
+            .await
+            .expect("attempt")
+        else {
+            panic!("the key is free");
+        };
+        // tcp_user_timeout shows plain milliseconds (0 on a Unix socket:
+        // the test server is reached over TCP).
+        let held = lease.connection_for_tests().expect("held");
+        assert_eq!(show(held).await, ("8000".to_owned(), "8s".to_owned()));
+        lease
+            .extend(Duration::from_millis(90_500))
+            .await
+            .expect("extend");
+        let held = lease.connection_for_tests().expect("held");
+        assert_eq!(show(held).await, ("90500".to_owned(), "90500ms".to_owned()));
+        lease.release().await.expect("ours");
+        let until = Instant::now().checked_add(Duration::from_secs(5));
+        let Ok(mut pooled) = core.pool.acquire(until).await else {
+            panic!("the pooled connection");
+        };
+        assert_eq!(show(pooled.raw()).await, ("0".to_owned(), "0".to_owned()));
+        pooled.recycle();
     }
 
     #[test]

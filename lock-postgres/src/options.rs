@@ -28,10 +28,11 @@ pub enum WaitStrategy {
 /// Server-side TCP keepalive settings for the lock connections, sent in the
 /// startup packet (`options=-c tcp_keepalives_idle=…`).
 ///
-/// They bound how long the server keeps a session (and so its locks) whose
-/// client machine vanished while the server was waiting to *send* to it;
-/// an idle session is already ended by the TTL (`idle_session_timeout`).
-/// The bound is about `idle + interval × count`.
+/// They bound how long the server keeps an *idle pooled* session whose
+/// client machine vanished: about `idle + interval × count`. While a
+/// session holds a lock, its `tcp_user_timeout` is the lock's TTL, so the
+/// keepalives only probe and cannot end the session (and free the lock)
+/// before the TTL; see the crate docs on idle timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpKeepalives {
     /// Silence before the first probe (`tcp_keepalives_idle`). Default 10 s.

@@ -1,6 +1,7 @@
 //! Stops the shared servers when the test process exits normally: statics are
 //! never dropped, and `PR_SET_PDEATHSIG` only fires once the process is gone,
-//! too late to remove their directories.
+//! too late to remove their directories. Also removes the iptables rules of
+//! partitions still in place.
 
 use std::panic;
 use std::sync::Once;
@@ -22,5 +23,6 @@ extern "C" fn at_exit() {
         crate::redis_server::shutdown_shared();
         crate::redis_cluster::shutdown_shared();
         crate::pg_server::shutdown_shared();
+        crate::partition::remove_all();
     });
 }

@@ -52,6 +52,11 @@
 //! - [`cut`](LinkProxy::cut): connections reset, new ones refused.
 //! - [`restore`](LinkProxy::restore): back to normal, on the same port.
 //!
+//! A [`Partition`] drops packets in the kernel (iptables, as root), so that
+//! nobody answers keepalives for the far end: [`Partition::drop_port`] for
+//! every client of a server, [`Partition::isolate`] for the clients given an
+//! [`AliasPort`]. Its rules go when it is dropped, even if the test fails.
+//!
 //! Whether a run under such faults stayed correct is for a [`History`] to
 //! tell: clients record each acquire and release on one monotonic clock, and
 //! [`History::check`] fails on a lock held twice at once or fencing tokens
@@ -77,6 +82,7 @@ mod error;
 mod exit_cleanup;
 mod history;
 mod link;
+mod partition;
 mod pg_binaries;
 mod pg_server;
 mod pg_template;
@@ -95,6 +101,7 @@ pub use history::{
     Violation, check_seat_log,
 };
 pub use link::{LinkProxy, LinkState};
+pub use partition::{AliasPort, Partition};
 pub use pg_server::{PgOptions, PgServer};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
 pub use process::process_is_alive;

@@ -394,7 +394,11 @@ async fn three_nodes_one_frozen_mid_run() {
     let run = running.stop().await;
     // With one node frozen, two clients that contend for a name can split
     // the two live nodes' votes; such an attempt gives the frozen node only
-    // ttl/50 before it is given back and retried, so no acquire fails. A
+    // ttl/50 the first time, and no wait at all once it has let an attempt
+    // down, and deletes its keys at once, so no acquire fails. (When every
+    // split attempt waited ttl/50 with its key on one live node, the
+    // contenders kept the two live nodes split between them, attempt after
+    // attempt, and every acquire timed out now and then.) A
     // lock held on the frozen node and only one other (the third had
     // refused it) cannot be released on a majority: `Connection`, recorded
     // as unknown. That is the only failure, and only while the node is

@@ -66,14 +66,39 @@ use crate::url::Topology;
 ///   answered without a decision (a split vote between two clients, with a
 ///   node slow or frozen), the rest get ttl/50 more (5 ms at least, the
 ///   response timeout at most), so a frozen node does not stall every
-///   contended attempt for a whole response timeout.
-/// - **Extend** goes to every node: where the key holds our token its TTL
-///   is reset; where the key is gone — a node restarted without its data —
-///   it is created again and the node's counter raised to our token, so a
-///   quorum worn down by restarts is repaired; it succeeds when a majority
-///   agrees within the validity. Extending a lease past its validity is
-///   refused ([`LockError::Lost`]) without asking the nodes, so an expired
-///   lease is never silently revived.
+///   contended attempt for a whole response timeout; a node that already
+///   let an attempt down that way is not waited for at all until it
+///   answers again. A failed attempt deletes its key from every node at
+///   once, without waiting for a frozen one, so it never blocks the
+///   contenders' next attempts (with a node frozen, attempts that waited
+///   for it kept the two live nodes split between contenders, attempt
+///   after attempt, for seconds).
+/// - **Extend** goes to every node: where the key still holds our token its
+///   TTL is reset, and it succeeds when a majority of such keys answered
+///   within the new validity. Such a key has been there since it was set,
+///   so a majority of them proves nobody else held the lock meanwhile,
+///   however late the answer comes. A key that is gone is never re-created
+///   on a node that kept its data (it expired, and someone else may have
+///   held the lock since): only on a node that lost its data since it
+///   granted us — told by a dataset mark, a key without a TTL that each
+///   node keeps (`<prefix>redlock:dataset`) and loses only with its data —
+///   is our key created again and the counter raised to our token, so a
+///   quorum worn down by restarts is repaired for the next extend (the
+///   re-created key does not count towards this one). Extending a lease
+///   past its validity is refused ([`LockError::Lost`]) without asking the
+///   nodes.
+/// - **TTLs** shorter than the drift allowance leaves any validity (3 ms
+///   with the default drift) are [`LockError::InvalidTtl`]: such keys can
+///   expire between the two steps of an acquire, so two clients could both
+///   be granted, with the same fencing token.
+/// - **Nodes are servers**, told apart by their `run_id`: one server listed
+///   under two addresses (a host name and its IP, a proxy) would vote
+///   twice. Found at connect, that is [`LockError::InvalidConfig`]; a node
+///   down at connect is identified when first reached, and if it is a
+///   server already listed it never votes (each of its calls fails with
+///   [`LockError::Connection`] naming both addresses, logged as an error).
+///   A server that later moves behind another listed address is not
+///   noticed.
 /// - **Release** goes to every node (compare-token delete) and succeeds
 ///   once a majority has deleted our key.
 /// - **Errors**: when too few nodes answer for a majority to be possible,
@@ -179,12 +204,14 @@ impl Redlock {
     /// [`RedisLockOptions`].
     ///
     /// A majority must be reachable now; nodes that are not are connected
-    /// to in the background and join when they come up.
+    /// to in the background and join when they come up (a node found then
+    /// to be a server already listed never votes: see "Nodes are servers"
+    /// in the type's docs).
     ///
     /// # Errors
     ///
     /// [`LockError::InvalidConfig`] for an even number of nodes, fewer than
-    /// 3, or one server listed twice; [`LockError::InvalidUrl`] for a URL
+    /// 3, or one server listed twice (by address, or by `run_id`); [`LockError::InvalidUrl`] for a URL
     /// that does not parse; [`LockError::Connection`] when fewer than a
     /// majority can be reached within the connect timeout.
     pub async fn connect<S: AsRef<str> + Sync>(urls: &[S]) -> Result<Self, LockError> {

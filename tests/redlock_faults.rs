@@ -344,13 +344,14 @@ async fn kill_a_minority(n: usize, kill: usize) {
     // of the others (the rest had refused it) cannot be released on a
     // majority any more: its release reports the dead nodes
     // (`Connection`), which the history records as unknown — never `Lost`.
-    // At most one such lock per client, released just after the kill.
+    // At most one such lock per client, released just after the kill (or
+    // in flight at the kill: invoked a moment before it, answered after).
     let unexpected: Vec<&Failure> = run
         .failures
         .iter()
         .filter(|f| {
             !(f.op == "release"
-                && f.invoked >= killed
+                && f.returned >= killed
                 && f.invoked < killed + Duration::from_secs(1)
                 && matches!(f.error, LockError::Connection(_)))
         })

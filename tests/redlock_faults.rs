@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use distlock::redis::{RedisLock, Redlock, redis};
 use lock_api::{DistributedLock, Instant, LockError};
-use lock_testkit::{History, RedisCluster, RedisOptions, RedisServer, Report, check_seat_log};
+use lock_testkit::{
+    History, LinkProxy, RedisCluster, RedisOptions, RedisServer, Report, check_seat_log,
+};
 use tokio::sync::watch;
 use workload::{SeatStore, unique, within};
 
@@ -342,13 +344,14 @@ async fn kill_a_minority(n: usize, kill: usize) {
     // of the others (the rest had refused it) cannot be released on a
     // majority any more: its release reports the dead nodes
     // (`Connection`), which the history records as unknown — never `Lost`.
-    // At most one such lock per client, released just after the kill.
+    // At most one such lock per client, released just after the kill (or
+    // in flight at the kill: invoked a moment before it, answered after).
     let unexpected: Vec<&Failure> = run
         .failures
         .iter()
         .filter(|f| {
             !(f.op == "release"
-                && f.invoked >= killed
+                && f.returned >= killed
                 && f.invoked < killed + Duration::from_secs(1)
                 && matches!(f.error, LockError::Connection(_)))
         })
@@ -392,7 +395,11 @@ async fn three_nodes_one_frozen_mid_run() {
     let run = running.stop().await;
     // With one node frozen, two clients that contend for a name can split
     // the two live nodes' votes; such an attempt gives the frozen node only
-    // ttl/50 before it is given back and retried, so no acquire fails. A
+    // ttl/50 the first time, and no wait at all once it has let an attempt
+    // down, and deletes its keys at once, so no acquire fails. (When every
+    // split attempt waited ttl/50 with its key on one live node, the
+    // contenders kept the two live nodes split between them, attempt after
+    // attempt, and every acquire timed out now and then.) A
     // lock held on the frozen node and only one other (the third had
     // refused it) cannot be released on a majority: `Connection`, recorded
     // as unknown. That is the only failure, and only while the node is
@@ -657,4 +664,199 @@ async fn a_cluster_slot_moved_back_and_forth_mid_run() {
     }
     run.assert_clean(&format!("cluster, slot {slot} moved {moves} times"));
     assert_eq!(cluster.node_for_slot(slot).expect("owner"), home);
+}
+
+/// A holder whose links to every node are slow (a [`LinkProxy`] per node),
+/// and another client on direct links.
+struct SlowHolder {
+    proxies: Vec<LinkProxy>,
+    holder: Redlock,
+    other: Redlock,
+}
+
+impl SlowHolder {
+    async fn connect(nodes: &[RedisServer]) -> SlowHolder {
+        let proxies: Vec<LinkProxy> = nodes
+            .iter()
+            .map(|node| LinkProxy::start(node.addr()).expect("a proxy"))
+            .collect();
+        let urls: Vec<String> = proxies
+            .iter()
+            .map(|proxy| format!("redis://127.0.0.1:{}/", proxy.port()))
+            .collect();
+        // Long enough for the slowest round trip the tests make.
+        let holder = RedisLock::options()
+            .connect_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(10))
+            .connect_redlock(&urls)
+            .await
+            .expect("connect the holder through the proxies");
+        SlowHolder {
+            proxies,
+            holder,
+            other: redlock(nodes).await,
+        }
+    }
+
+    fn delay(&self, delay: Duration) {
+        for proxy in &self.proxies {
+            proxy.set_delay(delay);
+        }
+    }
+}
+
+/// An extend sent within the validity but delayed on the way, so that it
+/// reaches the nodes after the keys expired, while another client took the
+/// lock (with a higher token) and gave it back: the late answer proves
+/// nothing about the time in between, and must not revive the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_extend_does_not_revive_a_lease_another_client_held() {
+    let _serial = SERIAL.lock().await;
+    const LINK_DELAY: Duration = Duration::from_millis(1500);
+    let ttl = Duration::from_millis(600);
+    let nodes = servers(3, RedisOptions::new());
+    let slow = SlowHolder::connect(&nodes).await;
+    let history = History::new();
+    let name = format!("late-extend:{}", unique());
+    let mut held = within(
+        WAIT + SLACK,
+        "the holder acquires",
+        history.acquire(0, &slow.holder, &name, ttl, WAIT),
+    )
+    .await
+    .expect("free");
+    // Once at full speed, so the nodes have the script cached: a cache
+    // miss would cost the slow extend a second round trip.
+    within(
+        COMMAND_LIMIT + SLACK,
+        "a first extend",
+        held.guard_mut().extend(ttl),
+    )
+    .await
+    .expect("extended");
+    let first_valid_until = held.guard().valid_until();
+    slow.delay(LINK_DELAY);
+    let extend_sent = Instant::now();
+    // Reaches the nodes LINK_DELAY later, long after the keys expired.
+    let extending = tokio::spawn(async move {
+        let result = held.guard_mut().extend(Duration::from_secs(10)).await;
+        (held, result, Instant::now())
+    });
+    // The other client takes the lock once the holder's keys expire, and
+    // gives it back before the extend arrives.
+    let other = within(
+        WAIT + SLACK,
+        "the other client acquires",
+        history.acquire(1, &slow.other, &name, Duration::from_secs(5), WAIT),
+    )
+    .await
+    .expect("free once the holder's keys expired");
+    let other_token = other.fencing_token();
+    within(
+        COMMAND_LIMIT + SLACK,
+        "the other client releases",
+        other.release(),
+    )
+    .await
+    .expect("released");
+    let other_done = Instant::now();
+    let (held, extended, answered) = within(
+        2 * LINK_DELAY + COMMAND_LIMIT + SLACK,
+        "the late extend",
+        extending,
+    )
+    .await
+    .expect("extend task");
+    slow.delay(Duration::ZERO);
+    eprintln!(
+        "extend sent {:?} before the old validity ended; the other client got token {} \
+         (holder {}) and was done {:?} after the extend was sent; the answer came {:?} \
+         after it was sent: {extended:?}",
+        first_valid_until.saturating_duration_since(extend_sent),
+        other_token,
+        held.fencing_token(),
+        other_done.saturating_duration_since(extend_sent),
+        answered.saturating_duration_since(extend_sent),
+    );
+    assert!(other_token > held.fencing_token());
+    let released = within(
+        2 * LINK_DELAY + COMMAND_LIMIT + SLACK,
+        "the holder releases",
+        held.release(),
+    )
+    .await;
+    let report = history.check();
+    eprintln!("late extend: {}", report.summary());
+    report.assert_ok();
+    assert!(
+        matches!(extended, Err(LockError::Lost)),
+        "the late extend must report the lease lost: {extended:?}"
+    );
+    assert!(matches!(released, Err(LockError::Lost)), "{released:?}");
+}
+
+/// The other side of the rule: an extend whose answer comes after the old
+/// validity, but which reached the nodes while our keys were still there,
+/// proves the hold was continuous on a majority and extends the lease; a
+/// contender is refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_from_keys_still_ours_extends() {
+    let _serial = SERIAL.lock().await;
+    const LINK_DELAY: Duration = Duration::from_millis(700);
+    let ttl = Duration::from_millis(1000);
+    let nodes = servers(3, RedisOptions::new());
+    let slow = SlowHolder::connect(&nodes).await;
+    let history = History::new();
+    let name = format!("late-answer:{}", unique());
+    let mut held = within(
+        WAIT + SLACK,
+        "the holder acquires",
+        history.acquire(0, &slow.holder, &name, ttl, WAIT),
+    )
+    .await
+    .expect("free");
+    // Once at full speed, so the nodes have the script cached: a cache
+    // miss would cost the slow extend a second round trip.
+    within(
+        COMMAND_LIMIT + SLACK,
+        "a first extend",
+        held.guard_mut().extend(ttl),
+    )
+    .await
+    .expect("extended");
+    let first_valid_until = held.guard().valid_until();
+    slow.delay(LINK_DELAY);
+    let extending = tokio::spawn(async move {
+        let result = held.guard_mut().extend(Duration::from_secs(10)).await;
+        (held, result)
+    });
+    let contender = within(
+        WAIT + SLACK,
+        "a contender tries",
+        history.acquire(1, &slow.other, &name, ttl, Duration::from_millis(1500)),
+    )
+    .await;
+    let (held, extended) = within(
+        2 * LINK_DELAY + COMMAND_LIMIT + SLACK,
+        "the late extend",
+        extending,
+    )
+    .await
+    .expect("extend task");
+    slow.delay(Duration::ZERO);
+    assert!(
+        Instant::now() > first_valid_until,
+        "the answer came after the old validity"
+    );
+    extended.expect("the keys were ours all along: extended");
+    assert!(
+        matches!(contender, Err(LockError::Timeout)),
+        "held meanwhile: {contender:?}"
+    );
+    within(COMMAND_LIMIT + SLACK, "the holder releases", held.release())
+        .await
+        .expect("still ours");
+    let report = history.check();
+    eprintln!("late answer: {}", report.summary());
+    report.assert_ok();
 }

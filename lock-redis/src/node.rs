@@ -156,6 +156,29 @@ impl Node {
         .await
     }
 
+    /// The server's `run_id` (from `INFO server`), bounded: what tells two
+    /// addresses of one server apart from two servers.
+    pub(crate) async fn run_id(&self) -> Result<String, LockError> {
+        let mut conn = self.conn.clone();
+        let info: String = bounded(
+            "identify",
+            &self.target,
+            self.limit,
+            redis::cmd("INFO").arg("server").query_async(&mut conn),
+        )
+        .await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                LockError::backend(format!(
+                    "{}: INFO server has no run_id; is this a Redis server?",
+                    self.target
+                ))
+            })
+    }
+
     /// Runs one pipeline (or transaction), bounded.
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,

@@ -2,7 +2,8 @@
 //! a majority of them; and [`RedlockLease`]: one such grant.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,14 +66,39 @@ use crate::url::Topology;
 ///   answered without a decision (a split vote between two clients, with a
 ///   node slow or frozen), the rest get ttl/50 more (5 ms at least, the
 ///   response timeout at most), so a frozen node does not stall every
-///   contended attempt for a whole response timeout.
-/// - **Extend** goes to every node: where the key holds our token its TTL
-///   is reset; where the key is gone — a node restarted without its data —
-///   it is created again and the node's counter raised to our token, so a
-///   quorum worn down by restarts is repaired; it succeeds when a majority
-///   agrees within the validity. Extending a lease past its validity is
-///   refused ([`LockError::Lost`]) without asking the nodes, so an expired
-///   lease is never silently revived.
+///   contended attempt for a whole response timeout; a node that already
+///   let an attempt down that way is not waited for at all until it
+///   answers again. A failed attempt deletes its key from every node at
+///   once, without waiting for a frozen one, so it never blocks the
+///   contenders' next attempts (with a node frozen, attempts that waited
+///   for it kept the two live nodes split between contenders, attempt
+///   after attempt, for seconds).
+/// - **Extend** goes to every node: where the key still holds our token its
+///   TTL is reset, and it succeeds when a majority of such keys answered
+///   within the new validity. Such a key has been there since it was set,
+///   so a majority of them proves nobody else held the lock meanwhile,
+///   however late the answer comes. A key that is gone is never re-created
+///   on a node that kept its data (it expired, and someone else may have
+///   held the lock since): only on a node that lost its data since it
+///   granted us — told by a dataset mark, a key without a TTL that each
+///   node keeps (`<prefix>redlock:dataset`) and loses only with its data —
+///   is our key created again and the counter raised to our token, so a
+///   quorum worn down by restarts is repaired for the next extend (the
+///   re-created key does not count towards this one). Extending a lease
+///   past its validity is refused ([`LockError::Lost`]) without asking the
+///   nodes.
+/// - **TTLs** shorter than the drift allowance leaves any validity (3 ms
+///   with the default drift) are [`LockError::InvalidTtl`]: such keys can
+///   expire between the two steps of an acquire, so two clients could both
+///   be granted, with the same fencing token.
+/// - **Nodes are servers**, told apart by their `run_id`: one server listed
+///   under two addresses (a host name and its IP, a proxy) would vote
+///   twice. Found at connect, that is [`LockError::InvalidConfig`]; a node
+///   down at connect is identified when first reached, and if it is a
+///   server already listed it never votes (each of its calls fails with
+///   [`LockError::Connection`] naming both addresses, logged as an error).
+///   A server that later moves behind another listed address is not
+///   noticed.
 /// - **Release** goes to every node (compare-token delete) and succeeds
 ///   once a majority has deleted our key.
 /// - **Errors**: when too few nodes answer for a majority to be possible,
@@ -119,6 +145,10 @@ pub struct Redlock {
 
 struct Inner {
     nodes: Vec<Member>,
+    /// What each node was found to be, by its `run_id`.
+    identities: Mutex<Vec<Identity>>,
+    /// The key that marks each node's dataset (see [`REDLOCK_EXTEND`]).
+    mark_key: String,
     /// How many nodes make a majority.
     quorum: usize,
     options: RedisLockOptions,
@@ -131,6 +161,23 @@ struct Inner {
 struct Member {
     node: Node,
     channel: String,
+    /// Set when an attempt gave up waiting for this node; cleared by its
+    /// next answer. An attempt does not wait for nodes that stay silent.
+    silent: Arc<AtomicBool>,
+}
+
+/// What a node is, as told by its `run_id` when it was first reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Identity {
+    /// Not reached yet.
+    Unknown,
+    /// A server of its own.
+    Server(String),
+    /// The server would not say (`INFO` refused): it votes, unchecked.
+    Unchecked,
+    /// A server another node of the list already is: it never votes. The
+    /// message says which.
+    Duplicate(String),
 }
 
 impl fmt::Debug for Redlock {
@@ -157,12 +204,14 @@ impl Redlock {
     /// [`RedisLockOptions`].
     ///
     /// A majority must be reachable now; nodes that are not are connected
-    /// to in the background and join when they come up.
+    /// to in the background and join when they come up (a node found then
+    /// to be a server already listed never votes: see "Nodes are servers"
+    /// in the type's docs).
     ///
     /// # Errors
     ///
     /// [`LockError::InvalidConfig`] for an even number of nodes, fewer than
-    /// 3, or one server listed twice; [`LockError::InvalidUrl`] for a URL
+    /// 3, or one server listed twice (by address, or by `run_id`); [`LockError::InvalidUrl`] for a URL
     /// that does not parse; [`LockError::Connection`] when fewer than a
     /// majority can be reached within the connect timeout.
     pub async fn connect<S: AsRef<str> + Sync>(urls: &[S]) -> Result<Self, LockError> {
@@ -248,6 +297,36 @@ impl Redlock {
                 silent: None,
             }));
         }
+        // One server under two addresses (a host name and its IP, a proxy)
+        // would vote twice: nodes are told apart by the server's run_id.
+        let run_ids = futures::future::join_all(nodes.iter().map(|(node, _, up)| async move {
+            if *up { Some(node.run_id().await) } else { None }
+        }))
+        .await;
+        let mut identities: Vec<Identity> = Vec::with_capacity(nodes.len());
+        for (i, run_id) in run_ids.into_iter().enumerate() {
+            let identity = match run_id {
+                None | Some(Err(LockError::Connection(_))) => Identity::Unknown,
+                Some(Err(err)) => {
+                    tracing::warn!(node = %nodes[i].0.target, error = %err, "redlock: cannot read the node's run_id; one server listed under two addresses would go unnoticed");
+                    Identity::Unchecked
+                }
+                Some(Ok(id)) => {
+                    if let Some(j) = identities
+                        .iter()
+                        .position(|known| *known == Identity::Server(id.clone()))
+                    {
+                        return Err(LockError::InvalidConfig(same_server(
+                            &nodes[i].0.target,
+                            &nodes[j].0.target,
+                            &id,
+                        )));
+                    }
+                    Identity::Server(id)
+                }
+            };
+            identities.push(identity);
+        }
         let wake = WakeHub::new();
         let mut members = Vec::with_capacity(nodes.len());
         let mut listeners = Vec::new();
@@ -269,11 +348,17 @@ impl Redlock {
                     .await?,
                 );
             }
-            members.push(Member { node, channel });
+            members.push(Member {
+                node,
+                channel,
+                silent: Arc::default(),
+            });
         }
         Ok(Redlock {
             inner: Arc::new(Inner {
                 nodes: members,
+                identities: Mutex::new(identities),
+                mark_key: format!("{}redlock:dataset", options.prefix),
                 quorum,
                 options,
                 wake,
@@ -296,6 +381,54 @@ impl Redlock {
     pub fn prefix(&self) -> &str {
         &self.inner.options.prefix
     }
+}
+
+/// Why two nodes are one: the message of the error.
+fn same_server(node: &str, other: &str, run_id: &str) -> String {
+    format!(
+        "the Redlock nodes {other} and {node} are the same server (run_id {run_id}); each node \
+         must be a separate server, or one server would vote twice"
+    )
+}
+
+/// The smallest whole-millisecond TTL that `drift` leaves any validity,
+/// if there is one.
+fn min_ttl(drift: Drift) -> Option<Duration> {
+    if drift.per_mille >= 1000 {
+        return None;
+    }
+    // ttl − fixed − ttl × per_mille / 1000 > 0  ⇔  ttl > fixed × 1000 / (1000 − per_mille)
+    let bound = drift.fixed.as_nanos() * 1000 / u128::from(1000 - drift.per_mille);
+    let mut millis = u64::try_from(bound / 1_000_000).ok()?;
+    loop {
+        let ttl = Duration::from_millis(millis);
+        if !drift.trusted(ttl).is_zero() {
+            return Some(ttl);
+        }
+        millis = millis.checked_add(1)?;
+    }
+}
+
+/// Refuses a TTL that the drift allowance leaves no validity: its keys can
+/// expire between the two steps of an acquire, so two clients could both
+/// be granted, with the same fencing token.
+fn check_ttl(ttl: Duration, drift: Drift) -> Result<Duration, LockError> {
+    let trusted = drift.trusted(ttl);
+    if !trusted.is_zero() {
+        return Ok(trusted);
+    }
+    Err(LockError::InvalidTtl(match min_ttl(drift) {
+        Some(min) => format!(
+            "a Redlock TTL must be at least {min:?} with this Redlock's clock-drift allowance \
+             ({:?} + {}‰ of the TTL); {ttl:?} would leave the lock no validity",
+            drift.fixed, drift.per_mille
+        ),
+        None => format!(
+            "this Redlock's clock-drift allowance ({:?} + {}‰ of the TTL) leaves no TTL any \
+             validity",
+            drift.fixed, drift.per_mille
+        ),
+    }))
 }
 
 fn check_node_count(count: usize) -> Result<(), LockError> {
@@ -418,54 +551,68 @@ impl Tally {
 
 /// One node's part in a step, as its future: owned, so that requests still
 /// running when the step is decided can finish in the background.
-type NodeCall<T> = BoxFuture<'static, (usize, Result<T, LockError>)>;
+struct NodeCall<T> {
+    /// The node's index.
+    node: usize,
+    call: BoxFuture<'static, (usize, Result<T, LockError>)>,
+}
 
 /// How long a step waits for its last nodes once `answers` of them have
-/// answered without deciding it: a split vote must not wait out a frozen
-/// node's whole response timeout.
-#[derive(Debug, Clone, Copy)]
+/// answered without deciding it (0: from the start): a split vote must not
+/// wait out a frozen node's whole response timeout.
+#[derive(Debug, Clone)]
 struct Stragglers {
     answers: usize,
     wait: Duration,
+    /// Per node: silent since an earlier step gave up on it. When every
+    /// node still to answer is silent, the step does not wait at all.
+    silent: Vec<bool>,
 }
 
 /// Runs `calls` at once and hands each answer to `tally` as it arrives,
 /// until `tally` says the step is decided (returns `true`), all have
-/// answered, or the stragglers' wait is over. Returns how many calls the
-/// stragglers' wait gave up on (0 when it did not run out). Calls still
-/// running are left to finish in a background task, so a request already
-/// sent is not cut off mid-way.
+/// answered, or the stragglers' wait is over. Returns the nodes the
+/// stragglers' wait gave up on. Calls still running are left to finish in
+/// a background task, so a request already sent is not cut off mid-way.
 async fn gather<T: Send + 'static>(
     calls: Vec<NodeCall<T>>,
-    stragglers: Option<Stragglers>,
+    stragglers: Option<&Stragglers>,
     mut tally: impl FnMut(usize, Result<T, LockError>) -> bool,
-) -> usize {
-    let mut pending: FuturesUnordered<NodeCall<T>> = calls.into_iter().collect();
+) -> Vec<usize> {
+    let mut waiting: Vec<usize> = calls.iter().map(|call| call.node).collect();
+    let mut pending: FuturesUnordered<_> = calls.into_iter().map(|call| call.call).collect();
     let mut answered = 0;
     let mut deadline = None;
-    let mut gave_up = 0;
+    let mut gave_up = Vec::new();
     loop {
+        if let Some(stragglers) = stragglers
+            && answered >= stragglers.answers
+        {
+            let all_silent = waiting
+                .iter()
+                .all(|&i| stragglers.silent.get(i).copied().unwrap_or(false));
+            if all_silent {
+                gave_up = waiting;
+                break;
+            }
+            deadline.get_or_insert_with(|| Instant::now() + stragglers.wait);
+        }
         let next = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    gave_up = pending.len();
+                    gave_up = waiting;
                     break;
                 }
             },
             None => pending.next().await,
         };
         let Some((i, answer)) = next else { break };
+        waiting.retain(|&node| node != i);
         if tally(i, answer) {
             break;
         }
         answered += 1;
-        if let Some(stragglers) = stragglers
-            && deadline.is_none()
-            && answered >= stragglers.answers
-        {
-            deadline = Some(Instant::now() + stragglers.wait);
-        }
     }
     if !pending.is_empty()
         && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -476,23 +623,28 @@ async fn gather<T: Send + 'static>(
 }
 
 impl Inner {
-    /// One call of `script` per node in `which`, on the lock key and its
-    /// counter, with `args(node)` as arguments.
+    /// One call of `script` per node in `which`, on the lock key, its
+    /// counter and the node's dataset mark, with `args(node)` as arguments.
+    /// A node not yet identified is identified first; one found to be a
+    /// server already in the list fails every call.
     fn calls<T: redis::FromRedisValue + Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         which: impl Iterator<Item = usize>,
         op: &'static str,
         script: &'static redis::Script,
         key: &str,
-        args: impl Fn(&Member) -> Vec<Vec<u8>>,
+        args: impl Fn(usize) -> Vec<Vec<u8>>,
     ) -> Vec<NodeCall<T>> {
         which
             .map(|i| {
-                let member = &self.nodes[i];
-                let node = member.node.clone();
-                let keys = [key.to_owned(), fence_key(key)];
-                let args = args(member);
-                Box::pin(async move {
+                let inner = Arc::clone(self);
+                let keys = [key.to_owned(), fence_key(key), self.mark_key.clone()];
+                let args = args(i);
+                let call = Box::pin(async move {
+                    if let Err(err) = inner.identify(i).await {
+                        return (i, Err(err));
+                    }
+                    let member = &inner.nodes[i];
                     let mut invocation = script.prepare_invoke();
                     for key in &keys {
                         invocation.key(key);
@@ -500,10 +652,81 @@ impl Inner {
                     for arg in &args {
                         invocation.arg(&arg[..]);
                     }
-                    (i, node.run(op, &invocation).await)
-                }) as NodeCall<T>
+                    let answer = member.node.run(op, &invocation).await;
+                    if answer.is_ok() {
+                        member.silent.store(false, Ordering::Relaxed);
+                    }
+                    (i, answer)
+                });
+                NodeCall { node: i, call }
             })
             .collect()
+    }
+
+    /// Per node: whether it is silent (see [`Member::silent`]).
+    fn silent(&self) -> Vec<bool> {
+        self.nodes
+            .iter()
+            .map(|member| member.silent.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Marks the nodes a step gave up waiting for as silent.
+    fn gave_up_on(&self, nodes: &[usize]) {
+        for &i in nodes {
+            self.nodes[i].silent.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn identity(&self, i: usize) -> Identity {
+        self.identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[i]
+            .clone()
+    }
+
+    /// Makes sure node `i` is a server of its own before it votes: a node
+    /// that was down at connect is identified by its `run_id` when first
+    /// reached; one that turns out to be a server already in the list
+    /// never votes (each call to it fails, naming both addresses).
+    async fn identify(&self, i: usize) -> Result<(), LockError> {
+        match self.identity(i) {
+            Identity::Server(_) | Identity::Unchecked => return Ok(()),
+            Identity::Duplicate(message) => return Err(LockError::connection(message)),
+            Identity::Unknown => {}
+        }
+        let target = &self.nodes[i].node.target;
+        let identity = match self.nodes[i].node.run_id().await {
+            Ok(id) => Identity::Server(id),
+            Err(err @ LockError::Connection(_)) => return Err(err),
+            Err(err) => {
+                tracing::warn!(node = %target, error = %err, "redlock: cannot read the node's run_id; one server listed under two addresses would go unnoticed");
+                Identity::Unchecked
+            }
+        };
+        let mut identities = self
+            .identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if identities[i] == Identity::Unknown {
+            identities[i] = match &identity {
+                Identity::Server(id) => {
+                    match identities.iter().position(|known| *known == identity) {
+                        Some(j) => {
+                            let message = same_server(target, &self.nodes[j].node.target, id);
+                            tracing::error!("{message}: the later one never votes");
+                            Identity::Duplicate(message)
+                        }
+                        None => identity,
+                    }
+                }
+                _ => identity,
+            };
+        }
+        match &identities[i] {
+            Identity::Duplicate(message) => Err(LockError::connection(message.clone())),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -542,6 +765,7 @@ impl LockBackend for Redlock {
     ) -> Result<Attempt<RedlockLease>, LockError> {
         let started = Instant::now();
         let inner = &self.inner;
+        let trusted = check_ttl(ttl, inner.options.drift)?;
         let total = inner.nodes.len();
         // Built before any request: if this future is dropped, dropping the
         // lease deletes our key wherever it may have been set.
@@ -553,49 +777,78 @@ impl LockBackend for Redlock {
             valid_until: started,
             state: State::MaybeHeld,
             on: vec![OnNode::Maybe; total],
+            marks: Arc::new(Mutex::new(vec![Vec::new(); total])),
         };
 
         // Step 1: SET NX PX on every node; decided once a majority granted,
         // or once a majority can no longer grant.
-        let calls =
-            inner.calls::<(i64, i64)>(0..total, "acquire", &REDLOCK_ACQUIRE, &lease.key, |_| {
+        let fresh_mark = new_token();
+        let calls = inner.calls::<(i64, i64, Vec<u8>)>(
+            0..total,
+            "acquire",
+            &REDLOCK_ACQUIRE,
+            &lease.key,
+            |_| {
                 vec![
                     lease.token.to_vec(),
                     millis_ceil(ttl).to_string().into_bytes(),
+                    fresh_mark.to_vec(),
                 ]
-            });
+            },
+        );
+        let calls = calls
+            .into_iter()
+            .map(|NodeCall { node, call }| {
+                let marks = Arc::clone(&lease.marks);
+                let call = Box::pin(async move {
+                    let (i, answer) = call.await;
+                    if let Ok((1, _, mark)) = &answer {
+                        marks.lock().unwrap_or_else(PoisonError::into_inner)[i] = mark.clone();
+                    }
+                    (i, answer)
+                }) as BoxFuture<'static, _>;
+                NodeCall { node, call }
+            })
+            .collect();
         let mut granted: Vec<(usize, u64)> = Vec::new();
         let mut held: Vec<i64> = Vec::new();
         let mut votes = Tally::new(total, inner.quorum);
         // Once a majority has answered without a decision (a split vote, a
         // node slow or frozen), the rest get ttl/50 more, within the
-        // response timeout: then the attempt fails and is retried.
+        // response timeout — or nothing at all when they are nodes an
+        // earlier step already gave up on and that have not answered since:
+        // an attempt that waits keeps its key on the nodes that granted it,
+        // and contenders then split the other nodes between them, attempt
+        // after attempt, for as long as a node stays frozen.
         let stragglers = Stragglers {
             answers: inner.quorum,
             wait: (ttl / 50).clamp(Duration::from_millis(5), inner.options.response_timeout),
+            silent: inner.silent(),
         };
-        let gave_up = gather(calls, Some(stragglers), |i, answer| {
-            let answer = answer.and_then(|(ok, value)| vote(ok, value));
+        let on = &mut lease.on;
+        let gave_up = gather(calls, Some(&stragglers), |i, answer| {
+            let answer = answer.and_then(|(ok, value, _)| vote(ok, value));
             votes.count(answer.map(|vote| match vote {
                 Vote::Granted(counter) => {
                     granted.push((i, counter));
                     true
                 }
                 Vote::Held(pttl) => {
-                    lease.on[i] = OnNode::Absent;
+                    on[i] = OnNode::Absent;
                     held.push(pttl);
                     false
                 }
             }))
         })
         .await;
+        inner.gave_up_on(&gave_up);
 
         if !votes.won() {
-            lease.give_back_granted(&granted).await;
+            lease.give_back().await;
             if votes.no == 0 && !votes.errors.is_empty() {
                 let mut err = votes.failure("acquire");
-                if gave_up > 0 {
-                    err.silent = Some((gave_up, stragglers.wait));
+                if !gave_up.is_empty() {
+                    err.silent = Some((gave_up.len(), stragglers.wait));
                 }
                 return Err(LockError::connection(err));
             }
@@ -629,33 +882,27 @@ impl LockBackend for Redlock {
             &lease.key,
             |_| vec![lease.token.to_vec(), fencing_token.to_string().into_bytes()],
         );
-        // A TTL within the drift allowance (a few ms) can never leave a
-        // positive validity, and its keys may expire between the two steps:
-        // it is granted when a majority answered, with a guard born expired,
-        // as on a single server.
-        let trusted = inner.options.drift.trusted(ttl);
-        let tiny = trusted.is_zero();
         let mut confirmations = Tally::new(granted.len(), inner.quorum);
         gather(calls, None, |_, answer| {
-            confirmations.count(answer.map(|still_ours| still_ours == 1 || tiny))
+            confirmations.count(answer.map(|still_ours| still_ours == 1))
         })
         .await;
         if !confirmations.won() {
-            lease.give_back_granted(&granted).await;
+            lease.give_back().await;
             if confirmations.no == 0 {
                 return Err(confirmations.unreachable("acquire (fencing step)"));
             }
             // Our keys expired between the two steps: too slow for the TTL.
             return Ok(Attempt::Held { retry_after: None });
         }
-        if !tiny && started.elapsed() >= trusted {
+        if started.elapsed() >= trusted {
             tracing::debug!(
                 lock.key = %lease.key,
                 elapsed = ?started.elapsed(),
                 ?ttl,
                 "redlock: the nodes answered too late for the TTL; trying again"
             );
-            lease.give_back_granted(&granted).await;
+            lease.give_back().await;
             return Ok(Attempt::Held { retry_after: None });
         }
         lease.fencing_token = fencing_token;
@@ -715,6 +962,12 @@ pub struct RedlockLease {
     state: State,
     /// Per node: whether our key may be there.
     on: Vec<OnNode>,
+    /// Per node: its dataset mark when it granted us (empty if it did not):
+    /// a different mark later means the node lost its data, and only then
+    /// may extend re-create our key there. Shared with the first step's
+    /// requests, so that a grant answered after the attempt was decided
+    /// is recorded too.
+    marks: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// Whether our key may be on one node.
@@ -743,12 +996,12 @@ impl RedlockLease {
     /// where it was waited for.
     fn release_calls(&self, which: impl Iterator<Item = usize>) -> Vec<NodeCall<i64>> {
         self.inner
-            .calls(which, "release", &RELEASE, &self.key, |member| {
+            .calls(which, "release", &RELEASE, &self.key, |i| {
                 // No release record ("0"): a Redlock node is one server,
                 // whose connection never sends a script twice.
                 vec![
                     self.token.to_vec(),
-                    member.channel.clone().into_bytes(),
+                    self.inner.nodes[i].channel.clone().into_bytes(),
                     b"0".to_vec(),
                 ]
             })
@@ -761,19 +1014,30 @@ impl RedlockLease {
             .collect()
     }
 
-    /// After a failed attempt: deletes our key from the nodes that granted
-    /// it (they answer quickly); nodes that did not answer may have granted
-    /// late, so the drop deletes our key there in the background.
-    async fn give_back_granted(&mut self, granted: &[(usize, u64)]) {
-        let calls = self.release_calls(granted.iter().map(|&(i, _)| i));
+    /// After a failed attempt: deletes our key from every node where it
+    /// may be — those that granted it and those that did not answer (they
+    /// may have granted late) — at once. It waits for their answers a
+    /// little (the stragglers' wait, not at all for silent nodes), never
+    /// for a frozen node: a key left on a live node would block every
+    /// contender's next attempt. Deletes still running go on in the
+    /// background, and the drop sends them again if needed.
+    async fn give_back(&mut self) {
+        let inner = Arc::clone(&self.inner);
+        let calls = self.release_calls(self.maybe_on().into_iter());
+        let stragglers = Stragglers {
+            answers: 0,
+            wait: (inner.options.response_timeout / 10).max(Duration::from_millis(5)),
+            silent: inner.silent(),
+        };
         let on = &mut self.on;
-        gather(calls, None, |i, answer| {
+        let gave_up = gather(calls, Some(&stragglers), |i, answer| {
             if answer.is_ok() {
                 on[i] = OnNode::Absent;
             }
             false
         })
         .await;
+        inner.gave_up_on(&gave_up);
         if self.maybe_on().is_empty() {
             self.state = State::NotHeld;
         }
@@ -783,6 +1047,7 @@ impl RedlockLease {
 #[async_trait]
 impl Lease for RedlockLease {
     async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        let trusted = check_ttl(ttl, self.inner.options.drift)?;
         if self.state != State::MaybeHeld {
             return Err(LockError::Lost);
         }
@@ -796,26 +1061,45 @@ impl Lease for RedlockLease {
         }
         let inner = self.inner.clone();
         let total = inner.nodes.len();
-        let calls = inner.calls::<i64>(0..total, "extend", &REDLOCK_EXTEND, &self.key, |_| {
-            vec![
-                self.token.to_vec(),
-                millis_ceil(ttl).to_string().into_bytes(),
-                self.fencing_token.to_string().into_bytes(),
-            ]
-        });
+        let fresh_mark = new_token();
+        let granted_marks = self
+            .marks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let calls =
+            inner.calls::<(i64, Vec<u8>)>(0..total, "extend", &REDLOCK_EXTEND, &self.key, |i| {
+                vec![
+                    self.token.to_vec(),
+                    millis_ceil(ttl).to_string().into_bytes(),
+                    self.fencing_token.to_string().into_bytes(),
+                    granted_marks[i].clone(),
+                    fresh_mark.to_vec(),
+                ]
+            });
         let mut answers = Tally::new(total, inner.quorum);
         let on = &mut self.on;
+        let marks = &self.marks;
+        // Only a key that held our token all along counts: a majority of
+        // those proves no one else can have held the lock since our grant,
+        // however late the answer comes. A key re-created on a node that
+        // lost its data (2) proves nothing about the time before; it only
+        // puts the node back in the quorum for the next extend.
         gather(calls, None, |i, answer| {
-            answers.count(answer.map(|kept| {
-                // 1: extended, 2: re-created (a node restarted empty).
-                let kept = kept == 1 || kept == 2;
-                on[i] = if kept { OnNode::Maybe } else { OnNode::Absent };
-                kept
+            answers.count(answer.map(|(kept, mark)| {
+                on[i] = if kept == 1 || kept == 2 {
+                    OnNode::Maybe
+                } else {
+                    OnNode::Absent
+                };
+                if kept == 2 {
+                    marks.lock().unwrap_or_else(PoisonError::into_inner)[i] = mark;
+                }
+                kept == 1
             }))
         })
         .await;
         if answers.won() {
-            let trusted = inner.options.drift.trusted(ttl);
             if started.elapsed() < trusted {
                 self.valid_until = started + trusted;
                 return Ok(());
@@ -893,7 +1177,7 @@ impl RedlockLease {
         }
         let key = self.key.clone();
         runtime.spawn(async move {
-            let mut pending: FuturesUnordered<NodeCall<i64>> = calls.into_iter().collect();
+            let mut pending: FuturesUnordered<_> = calls.into_iter().map(|call| call.call).collect();
             while let Some((_, answer)) = pending.next().await {
                 if let Err(err) = answer {
                     tracing::debug!(lock.key = %key, error = %err, "background redlock release failed on a node; its TTL will free it");

@@ -118,24 +118,32 @@ return 0
     )
 });
 
-/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node; `ARGV[1]`
-/// token, `ARGV[2]` TTL in ms.
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node, `KEYS[3]`
+/// the node's dataset mark; `ARGV[1]` token, `ARGV[2]` TTL in ms, `ARGV[3]`
+/// a fresh mark.
 ///
 /// A Redlock's first step on one node: `SET NX PX`; when granted, returns
-/// `{1, counter}` with the node's counter as it is (0 if it has none);
-/// when held, marks the lock as waited for (as [`MARK_WAITED`]) and
-/// returns `{0, remaining TTL in ms}`.
+/// `{1, counter, mark}` with the node's counter as it is (0 if it has none)
+/// and its dataset mark (set to `ARGV[3]` if the node has none: a key
+/// without a TTL that disappears only with the node's data); when held,
+/// marks the lock as waited for (as [`MARK_WAITED`]) and returns
+/// `{0, remaining TTL in ms, ''}`.
 pub(crate) static REDLOCK_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+  local mark = redis.call('GET', KEYS[3])
+  if not mark then
+    mark = ARGV[3]
+    redis.call('SET', KEYS[3], mark)
+  end
+  return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), mark}
 end
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, -1) ~= '+' then
   redis.call('APPEND', KEYS[1], '+')
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, redis.call('PTTL', KEYS[1]), ''}
 ",
     )
 });
@@ -162,31 +170,46 @@ return 0
     )
 });
 
-/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node; `ARGV[1]`
-/// token, `ARGV[2]` new TTL in ms, `ARGV[3]` our fencing token.
+/// `KEYS[1]` lock, `KEYS[2]` its fencing counter on this node, `KEYS[3]`
+/// the node's dataset mark; `ARGV[1]` token, `ARGV[2]` new TTL in ms,
+/// `ARGV[3]` our fencing token, `ARGV[4]` the mark this node had when it
+/// granted us (`''` if unknown), `ARGV[5]` a fresh mark.
 ///
-/// A Redlock's extend on one node: resets the TTL if the lock holds our
-/// token (returns 1); re-creates it if the key is gone — a node restarted
-/// without its data — and raises the node's counter to our token, so the
-/// quorum does not wear down (returns 2); returns 0 when someone else
-/// holds it.
+/// A Redlock's extend on one node. Returns `{1, ''}` when the lock held
+/// our token and its TTL was reset: our key had been there since it was
+/// set, so nobody else can have held the lock on this node meanwhile.
+/// Returns `{0, ''}` when someone else holds it, or when the key is gone
+/// from a node that kept its data: it expired (or was deleted), and is
+/// never re-created, since someone else may have held the lock in between.
+/// Only when the node's mark differs from the one it had at our grant —
+/// the node lost its data (restarted empty, flushed) since — is the key
+/// created again and the counter raised to our token, so a quorum worn
+/// down by restarts is repaired: `{2, the node's mark now}`.
 pub(crate) static REDLOCK_EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] or held == ARGV[1] .. '+' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return {1, ''}
 end
 if held then
-  return 0
+  return {0, ''}
+end
+local mark = redis.call('GET', KEYS[3])
+if ARGV[4] == '' or mark == ARGV[4] then
+  return {0, ''}
+end
+if not mark then
+  mark = ARGV[5]
+  redis.call('SET', KEYS[3], mark)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current < tonumber(ARGV[3]) then
   redis.call('SET', KEYS[2], ARGV[3])
 end
-return 2
+return {2, mark}
 ",
     )
 });

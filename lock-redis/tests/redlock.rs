@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::conformance::Fixture;
+use lock_api::conformance::{Config, Fixture};
 use lock_api::{DistributedLock, LockError};
 use lock_redis::{RedisLock, Redlock};
 use lock_testkit::RedisServer;
@@ -25,7 +25,14 @@ async fn fixture(n: usize) -> Fixture {
     let other = Redlock::connect(&urls(&nodes))
         .await
         .expect("connect a second client");
-    Fixture::new(Arc::new(lock), Arc::new(other)).keep_alive(nodes)
+    // Shorter TTLs are within the default drift allowance: InvalidTtl.
+    let config = Config {
+        min_ttl: Duration::from_millis(3),
+        ..Config::default()
+    };
+    Fixture::new(Arc::new(lock), Arc::new(other))
+        .with_config(config)
+        .keep_alive(nodes)
 }
 
 mod three_nodes {
@@ -331,4 +338,128 @@ async fn a_release_that_cannot_be_confirmed_is_a_connection_error_never_lost() {
         .expect("try")
         .expect("granted by nodes 0 and 2");
     guard.release().await.expect("released on nodes 0 and 2");
+}
+
+/// A TTL within the drift allowance leaves a lease no validity at all, and
+/// its keys may expire between the two steps of an acquire, so two clients
+/// could both be granted, with the same fencing token: it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_within_the_drift_allowance_is_invalid_ttl() {
+    let nodes = servers(3);
+    let first = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    let second = Redlock::connect(&urls(&nodes)).await.expect("connect");
+    let (mut both, mut same_token, mut wrong) = (0, 0, Vec::new());
+    for round in 0..20 {
+        let name = format!("tiny:{round}");
+        for ttl in [Duration::from_millis(1), Duration::from_millis(2)] {
+            let (a, b) = tokio::time::timeout(
+                LIMIT,
+                futures::future::join(
+                    first.try_acquire(&name, ttl),
+                    // Staggered so the second comes as the first's key expires.
+                    async {
+                        tokio::time::sleep(Duration::from_micros(200 * (round % 10))).await;
+                        second.try_acquire(&name, ttl).await
+                    },
+                ),
+            )
+            .await
+            .expect("bounded");
+            if let (Ok(Some(a)), Ok(Some(b))) = (&a, &b) {
+                both += 1;
+                same_token += usize::from(a.fencing_token() == b.fencing_token());
+            }
+            for result in [a, b] {
+                match result {
+                    Err(LockError::InvalidTtl(text)) => {
+                        assert!(text.contains("at least 3ms"), "names the minimum: {text}");
+                    }
+                    other => wrong.push(format!("round {round}, TTL {ttl:?}: {other:?}")),
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "expected InvalidTtl; in {both} of 40 rounds both clients were granted, \
+         {same_token} times with the same fencing token:\n{}",
+        wrong.join("\n")
+    );
+    // The smallest TTL with any validity left is accepted.
+    let guard = first
+        .try_acquire("tiny:smallest", Duration::from_millis(3))
+        .await
+        .expect("a TTL of 3 ms is valid");
+    drop(guard);
+    // extend with a tiny TTL is refused too, and the lease is kept.
+    let mut guard = first
+        .try_acquire("tiny:extend", TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    let err = guard
+        .extend(Duration::from_millis(2))
+        .await
+        .expect_err("tiny");
+    assert!(matches!(err, LockError::InvalidTtl(_)), "{err:?}");
+    guard.extend(TTL).await.expect("still held");
+    guard.release().await.expect("released");
+}
+
+/// One server under two addresses would vote twice: `localhost` and
+/// `127.0.0.1` name the same server, and so does a proxy in front of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_under_two_addresses_is_invalid_config() {
+    let nodes = servers(3);
+    let all = urls(&nodes);
+    let other_name = format!("redis://localhost:{}/", nodes[0].port());
+    let err = Redlock::connect(&[all[0].clone(), other_name, all[1].clone()])
+        .await
+        .expect_err("node 0 listed twice");
+    assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("same server"), "{text}");
+}
+
+/// A node that is down at connect is identified when it first answers: if
+/// it turns out to be a server already in the list, it never votes, so one
+/// server can never make a majority of three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_that_is_a_listed_server_never_votes() {
+    let mut nodes = servers(2);
+    let proxy = lock_testkit::LinkProxy::start(nodes[0].addr()).expect("proxy");
+    proxy.cut().expect("down at connect");
+    let list = vec![
+        nodes[0].url(),
+        nodes[1].url(),
+        format!("redis://127.0.0.1:{}/", proxy.port()),
+    ];
+    let locks = Redlock::connect(&list).await.expect("2 of 3 reachable");
+    proxy.restore().expect("the late node comes up");
+    let mut guard = tokio::time::timeout(LIMIT, locks.acquire("dup:held", TTL, LIMIT))
+        .await
+        .expect("bounded")
+        .expect("granted by node 0 and node 1");
+    nodes[1].kill().expect("kill the other real server");
+    // Only node 0 is left, reachable under two addresses: no majority.
+    let extended = tokio::time::timeout(LIMIT, guard.extend(TTL))
+        .await
+        .expect("bounded");
+    let text = match extended {
+        Err(err @ LockError::Connection(_)) => err.to_string(),
+        other => panic!("extend with one server left under two addresses: {other:?}"),
+    };
+    assert!(text.contains("same server"), "names the duplicate: {text}");
+    for round in 0..5 {
+        let result = tokio::time::timeout(LIMIT, locks.try_acquire(&format!("dup:{round}"), TTL))
+            .await
+            .expect("bounded");
+        match result {
+            Err(err @ LockError::Connection(_)) => {
+                let text = err.to_string();
+                assert!(text.contains("same server"), "names the duplicate: {text}");
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
 }

@@ -121,17 +121,21 @@ pub async fn invalid_input_is_rejected(lock: &dyn DistributedLock, config: &Conf
     // The smallest legal TTL is legal. The lock may be gone again by the
     // time it is released, so either answer of release is right.
     let tiny = format!("{name}:min-ttl");
-    match a.try_acquire_raw(&tiny, MIN_TTL).await {
+    let min_ttl = config.min_ttl;
+    match a.try_acquire_raw(&tiny, min_ttl).await {
         Ok(Some(guard)) => {
             let _ = a.release_raw(guard).await;
         }
+        // A lease that short may be too short to confirm (Redlock's two
+        // steps); what matters is that it is not refused.
+        Ok(None) if min_ttl > MIN_TTL => {}
         Ok(None) => fail!(
             CHECK,
-            "try_acquire of a fresh name with a TTL of {MIN_TTL:?} found it held"
+            "try_acquire of a fresh name with a TTL of {min_ttl:?} found it held"
         ),
         Err(err) => fail!(
             CHECK,
-            "try_acquire with a TTL of {MIN_TTL:?} returned `{err}`; it is a valid TTL"
+            "try_acquire with a TTL of {min_ttl:?} returned `{err}`; it is a valid TTL"
         ),
     }
 

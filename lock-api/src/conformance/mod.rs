@@ -156,6 +156,10 @@ pub struct Config {
     pub contention_tasks: usize,
     /// Lock cycles per task in [`mutual_exclusion`]. Default 100.
     pub contention_cycles: usize,
+    /// The smallest TTL the backend accepts. Default [`MIN_TTL`](crate::MIN_TTL);
+    /// more for a backend whose clock-drift allowance would leave a shorter
+    /// lease no validity (Redlock refuses those with `InvalidTtl`).
+    pub min_ttl: Duration,
 }
 
 impl Default for Config {
@@ -169,6 +173,7 @@ impl Default for Config {
             ttl_enforced_by_server: true,
             contention_tasks: 32,
             contention_cycles: 100,
+            min_ttl: crate::MIN_TTL,
         }
     }
 }

@@ -327,6 +327,14 @@ impl Redlock {
             };
             identities.push(identity);
         }
+        // A node that may evict keys can forget a held lock or its counter
+        // (and the dataset mark): checked on every node reached now, as
+        // for a single server.
+        for (node, _, up) in &nodes {
+            if *up {
+                crate::settings::check_eviction(node, &options).await?;
+            }
+        }
         let wake = WakeHub::new();
         let mut members = Vec::with_capacity(nodes.len());
         let mut listeners = Vec::new();

@@ -463,3 +463,40 @@ async fn a_late_node_that_is_a_listed_server_never_votes() {
         }
     }
 }
+
+/// A node whose `maxmemory-policy` may evict keys can forget a held lock,
+/// its counter or its dataset mark: refused at connect, as a single server
+/// is, unless the caller accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_an_evicting_memory_policy_is_refused_at_connect() {
+    let nodes = servers(3);
+    let mut admin = redis::Client::open(nodes[1].url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("100mb")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query_async(&mut admin)
+        .await
+        .expect("CONFIG SET");
+    let err = Redlock::connect(&urls(&nodes))
+        .await
+        .expect_err("an evicting node is refused");
+    assert!(matches!(err, LockError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("volatile-lru"), "{err}");
+    let locks = RedisLock::options()
+        .accept_eviction_policy(true)
+        .connect_redlock(&urls(&nodes))
+        .await
+        .expect("accepted when asked to");
+    let guard = locks
+        .acquire("evicting", TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    guard.release().await.expect("release");
+}

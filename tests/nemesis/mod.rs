@@ -49,6 +49,33 @@ pub struct Outcomes {
     pub errors: usize,
 }
 
+impl Outcomes {
+    /// Prints what the run did and fails the test on any violation, on a
+    /// partition not injected, or when no partition outlasted a holder's
+    /// lease (then the run proved nothing).
+    pub fn assert_ok(&self, plan: &Plan, started: std::time::Instant) {
+        eprintln!(
+            "partition: {} clients, {} lock cycles in all, {} partitions of {:?} (TTL {:?}), {} \
+             taken over meanwhile, {} connection errors: {}; took {:?}",
+            plan.clients,
+            self.cycles,
+            self.partitions,
+            plan.partition_for,
+            plan.ttl,
+            self.takeovers,
+            self.errors,
+            self.report.summary(),
+            started.elapsed()
+        );
+        self.report.assert_ok();
+        assert_eq!(self.partitions, plan.partitions);
+        assert!(
+            self.takeovers >= 1,
+            "no partitioned holder's lock went to another client: the partitions did not outlast the TTL"
+        );
+    }
+}
+
 /// A long hold in progress, as the nemesis sees it.
 #[derive(Clone)]
 struct Holding {

@@ -77,3 +77,18 @@ pub(crate) fn timed_out(op: &'static str, target: &str, after: Duration) -> Lock
         after,
     })
 }
+
+/// True when `err` is the server refusing our credentials (`NOAUTH`,
+/// `WRONGPASS`): a wrong URL, to be reported as such, never mistaken for
+/// a command the server merely does not allow.
+pub(crate) fn is_auth_failure(err: &LockError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = next {
+        if let Some(redis) = err.downcast_ref::<RedisError>() {
+            return redis.kind() == ErrorKind::AuthenticationFailed
+                || matches!(redis.code(), Some("NOAUTH" | "WRONGPASS"));
+        }
+        next = err.source();
+    }
+    false
+}

@@ -95,6 +95,9 @@ async fn policies(node: &Node, limit: Duration) -> Result<Vec<Policy>, LockError
     };
     let reply = match reply {
         Ok(reply) => reply,
+        // Wrong or missing credentials: the caller must hear that, not
+        // that the policy is unknown.
+        Err(err) if crate::error::is_auth_failure(&err) => return Err(err),
         // The server answered with an error: INFO is renamed, disabled or
         // not permitted to this user.
         Err(LockError::Backend(err)) => return Ok(vec![Policy::Unknown(err.to_string())]),

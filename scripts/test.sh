@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real, throwaway Redis and PostgreSQL
-# servers (started by lock-testkit), installing the server binaries first when
+# servers (started by distlock-testkit), installing the server binaries first when
 # they are missing. Extra arguments go to `cargo test`.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh -p lock-api     # one crate
+#   scripts/test.sh -p distlock-api     # one crate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,7 @@ export "${pg_line?}"
 
 cargo test --workspace --all-features "$@"
 
-# lock-testkit must not leave servers behind: no redis-server, postgres or pgbouncer
+# distlock-testkit must not leave servers behind: no redis-server, postgres or pgbouncer
 # process may still run out of one of its directories (their working
 # directory is the server's data directory under distlock-testkit-<uid>/).
 leftovers() {
@@ -32,7 +32,7 @@ for _ in $(seq 50); do
     sleep 0.1 # the kernel's parent-death signals are delivered asynchronously
 done
 if [[ -n "$(leftovers)" ]]; then
-    echo "error: lock-testkit left server processes behind:" >&2
+    echo "error: distlock-testkit left server processes behind:" >&2
     leftovers >&2
     exit 1
 fi

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use lock_api::{DistributedLock, LockError, MemoryLock};
+use distlock_api::{DistributedLock, LockError, MemoryLock};
 
 /// Connects to the lock server a URL names, picking the backend by its scheme.
 ///
@@ -114,7 +114,7 @@ fn memory_space(rest: &str) -> Result<MemoryLock, LockError> {
 
 #[cfg(feature = "redis")]
 async fn connect_redis(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
-    Ok(Arc::new(lock_redis::RedisLock::connect(url).await?))
+    Ok(Arc::new(distlock_redis::RedisLock::connect(url).await?))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -124,7 +124,7 @@ async fn connect_redis(_url: &str) -> Result<Arc<dyn DistributedLock>, LockError
 
 #[cfg(feature = "redis")]
 async fn connect_redlock(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
-    Ok(Arc::new(lock_redis::Redlock::connect_url(url).await?))
+    Ok(Arc::new(distlock_redis::Redlock::connect_url(url).await?))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -134,7 +134,7 @@ async fn connect_redlock(_url: &str) -> Result<Arc<dyn DistributedLock>, LockErr
 
 #[cfg(feature = "postgres")]
 async fn connect_postgres(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
-    Ok(Arc::new(lock_postgres::PgAdvisoryLock::connect(url).await?))
+    Ok(Arc::new(distlock_postgres::PgAdvisoryLock::connect(url).await?))
 }
 
 #[cfg(not(feature = "postgres"))]

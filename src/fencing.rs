@@ -60,7 +60,7 @@
 
 use std::fmt;
 
-use lock_api::{LockContext, LockError, LockGuard};
+use distlock_api::{LockContext, LockError, LockGuard};
 
 /// A fencing token as a signed 64-bit integer, ready to bind to a `BIGINT`
 /// column (SQL has no unsigned 64-bit type).

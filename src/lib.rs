@@ -5,16 +5,16 @@ mod connect;
 pub mod fencing;
 
 pub use connect::connect;
-pub use lock_api::*;
+pub use distlock_api::*;
 
-/// The Redis backend (crate `lock-redis`), with its driver as
+/// The Redis backend (crate `distlock-redis`), with its driver as
 /// `distlock::redis::redis`.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use lock_redis as redis;
+pub use distlock_redis as redis;
 
-/// The PostgreSQL advisory-lock backend (crate `lock-postgres`), with its
+/// The PostgreSQL advisory-lock backend (crate `distlock-postgres`), with its
 /// driver as `distlock::postgres::sqlx`.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use lock_postgres as postgres;
+pub use distlock_postgres as postgres;

@@ -12,8 +12,8 @@ mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::{DistributedLock, LockError, MAX_NAME_LEN};
-use lock_testkit::{History, RedisOptions, RedisServer};
+use distlock_api::{DistributedLock, LockError, MAX_NAME_LEN};
+use distlock_testkit::{History, RedisOptions, RedisServer};
 use workload::within;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -51,7 +51,7 @@ struct Backends {
 
 fn backends() -> Backends {
     let redis = RedisServer::start().expect("redis-server");
-    let database = lock_testkit::database_url().expect("postgres");
+    let database = distlock_testkit::database_url().expect("postgres");
     let urls = vec![
         ("redis", redis.url()),
         ("postgres", database),
@@ -217,7 +217,7 @@ async fn bad_urls_are_typed_errors_in_bounded_time() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         listener.local_addr().expect("addr").port()
     };
-    let database = lock_testkit::database_url().expect("postgres");
+    let database = distlock_testkit::database_url().expect("postgres");
     let cases: Vec<(String, Expected)> = vec![
         // Garbage and wrong schemes.
         ("".into(), is_invalid_url),

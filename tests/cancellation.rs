@@ -18,7 +18,7 @@ use distlock::postgres::sqlx::{self, Connection as _, PgConnection};
 use distlock::postgres::{PgLockOptions, WaitStrategy};
 use distlock::redis::{RedisLock, redis};
 use distlock::{DistributedLock, MemoryLock};
-use lock_testkit::{History, Outcome, Report};
+use distlock_testkit::{History, Outcome, Report};
 use rand::Rng as _;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -237,7 +237,7 @@ async fn memory_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis() {
-    let url = tokio::task::spawn_blocking(lock_testkit::redis_url)
+    let url = tokio::task::spawn_blocking(distlock_testkit::redis_url)
         .await
         .expect("task")
         .expect("a Redis server");
@@ -277,7 +277,7 @@ async fn redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
     const POOL: u32 = 6;
-    let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+    let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
         .await
         .expect("task")
         .expect("a database");

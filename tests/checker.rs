@@ -1,4 +1,4 @@
-//! The history checker (`lock_testkit::History`) is only worth something if
+//! The history checker (`distlock_testkit::History`) is only worth something if
 //! it fails broken locks: each rule is shown on hand-made histories, and a
 //! deliberately broken backend run under the load workload is caught, while
 //! the same workload passes on `MemoryLock` and on the backend without its
@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::{
+use distlock_api::{
     Attempt, DistributedLock, Instant, Lease, LockBackend, LockError, MemoryLock, WakeHub, Wakeup,
 };
-use lock_testkit::{History, Note, Outcome, SeatAction, SeatWrite, Violation, check_seat_log};
+use distlock_testkit::{History, Note, Outcome, SeatAction, SeatWrite, Violation, check_seat_log};
 use workload::{Workload, within};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -438,7 +438,7 @@ fn small_load() -> Workload {
     Workload::new(16, 50, 2).wait(LIMIT)
 }
 
-async fn run_on(locks: Arc<dyn DistributedLock>) -> (lock_testkit::Report, workload::Run) {
+async fn run_on(locks: Arc<dyn DistributedLock>) -> (distlock_testkit::Report, workload::Run) {
     let run = within(LIMIT, "the workload", workload::run(locks, &small_load())).await;
     let report = run.history.check().merge(check_seat_log(&run.seats.log()));
     eprintln!("{}", report.summary());

@@ -26,7 +26,7 @@ async fn cycle(locks: &dyn DistributedLock, name: &str) {
 
 #[tokio::test]
 async fn redis_urls_give_the_redis_backend() {
-    let url = lock_testkit::redis_url().expect("a Redis server");
+    let url = distlock_testkit::redis_url().expect("a Redis server");
     let locks = distlock::connect(&url).await.expect("connects");
     cycle(&*locks, "connect:redis").await;
     let guard = locks
@@ -68,7 +68,7 @@ fn unique(name: &str) -> String {
 
 #[tokio::test]
 async fn cluster_urls_give_redis_on_the_cluster() {
-    let cluster = lock_testkit::RedisCluster::shared().expect("a Redis Cluster");
+    let cluster = distlock_testkit::RedisCluster::shared().expect("a Redis Cluster");
     let url = cluster.cluster_url();
     assert!(url.starts_with("redis+cluster://"), "{url}");
     let a = distlock::connect(&url).await.expect("connects");
@@ -87,7 +87,7 @@ async fn cluster_urls_give_redis_on_the_cluster() {
 
 #[tokio::test]
 async fn redlock_urls_give_a_redlock() {
-    let nodes = lock_testkit::RedisServer::start_several(3).expect("three redis-servers");
+    let nodes = distlock_testkit::RedisServer::start_several(3).expect("three redis-servers");
     let hosts = nodes
         .iter()
         .map(|node| format!("127.0.0.1:{}", node.port()))
@@ -172,7 +172,7 @@ async fn broken_multi_host_urls_are_invalid_urls_without_secrets() {
 
 #[tokio::test]
 async fn postgres_urls_give_the_postgres_backend() {
-    let url = lock_testkit::database_url().expect("a PostgreSQL database");
+    let url = distlock_testkit::database_url().expect("a PostgreSQL database");
     for url in [url.clone(), url.replacen("postgres://", "postgresql://", 1)] {
         let locks = distlock::connect(&url).await.expect("connects");
         cycle(&*locks, "connect:postgres").await;

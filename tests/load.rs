@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use distlock::postgres::PgAdvisoryLock;
 use distlock::redis::RedisLock;
-use lock_api::{DistributedLock, MemoryLock};
-use lock_testkit::check_seat_log;
+use distlock_api::{DistributedLock, MemoryLock};
+use distlock_testkit::check_seat_log;
 use workload::{Workload, within};
 
 const CLIENTS: usize = 64;
@@ -61,7 +61,7 @@ async fn memory_lock_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_under_load() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::options()
         .prefix(format!("load-{}:", workload::unique()))
         .connect(&url)
@@ -72,7 +72,7 @@ async fn redis_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_under_load() {
-    let url = lock_testkit::database_url().expect("postgres");
+    let url = distlock_testkit::database_url().expect("postgres");
     let locks = PgAdvisoryLock::options()
         .max_connections(24)
         .connect(&url)

@@ -1,5 +1,5 @@
 //! PgBouncer in transaction-pooling mode in front of PostgreSQL (Debian's
-//! `pgbouncer`, started by lock-testkit): session locks through it are
+//! `pgbouncer`, started by distlock-testkit): session locks through it are
 //! refused with a clear `InvalidConfig` error — never granted twice — and
 //! transaction-scoped locks work through it with zero violations. Every run
 //! is recorded and its history checked; afterwards no advisory lock is left
@@ -13,8 +13,8 @@ use distlock::postgres::sqlx::postgres::{PgConnection, PgPoolOptions};
 use distlock::postgres::sqlx::{self, Connection as _, Row as _};
 use distlock::postgres::{PgAdvisoryLock, PgLockOptions, XactLocks};
 use distlock::{DistributedLock, LockError};
-use lock_api::Instant;
-use lock_testkit::{History, Outcome, PgBouncer, PgBouncerOptions, PgServer, PoolMode};
+use distlock_api::Instant;
+use distlock_testkit::{History, Outcome, PgBouncer, PgBouncerOptions, PgServer, PoolMode};
 
 const TTL: Duration = Duration::from_secs(2);
 const LIMIT: Duration = Duration::from_secs(60);
@@ -127,7 +127,7 @@ fn assert_pooler_error(err: &LockError) {
     );
     let text = err.to_string();
     assert!(text.contains("pool_mode = transaction"), "{text}");
-    assert!(text.contains("lock_postgres::xact"), "{text}");
+    assert!(text.contains("distlock_postgres::xact"), "{text}");
 }
 
 /// A session-lock client through a transaction pooler is refused at
@@ -342,7 +342,7 @@ async fn transaction_locks_work_through_a_transaction_pooler() {
 /// session lock sets. The lock statement refuses it, taking nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_already_holds_a_lock_is_refused() {
-    let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+    let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
         .await
         .expect("task")
         .expect("a database");

@@ -25,8 +25,8 @@ use std::time::Duration;
 use distlock::postgres::sqlx::{self, Connection as _, PgConnection};
 use distlock::postgres::{PgAdvisoryLock, PgLockOptions, PoolExhausted, TcpKeepalives, xact};
 use distlock::{DistributedLock, LockContext, LockError};
-use lock_api::Instant;
-use lock_testkit::{History, OpId, Outcome, PgServer, Report};
+use distlock_api::Instant;
+use distlock_testkit::{History, OpId, Outcome, PgServer, Report};
 use rand::Rng as _;
 use tokio::sync::RwLock;
 
@@ -284,7 +284,7 @@ async fn terminated_holders_are_lost_within_a_third_of_the_ttl_and_nothing_is_gr
     const CYCLES: usize = 30;
     const NAMES: usize = 3;
     let started = std::time::Instant::now();
-    let url = blocking(lock_testkit::database_url)
+    let url = blocking(distlock_testkit::database_url)
         .await
         .expect("a database");
     let app = app_name("terminate");
@@ -515,7 +515,7 @@ async fn a_pool_exhausted_by_held_locks_fails_clearly_and_leaks_nothing() {
     const WORKERS: usize = 6;
     const CYCLES: usize = 12;
     const POOL: u32 = 3;
-    let url = blocking(lock_testkit::database_url)
+    let url = blocking(distlock_testkit::database_url)
         .await
         .expect("a database");
     let app = app_name("exhaust");
@@ -673,7 +673,7 @@ async fn a_pool_exhausted_by_held_locks_fails_clearly_and_leaks_nothing() {
 /// `LockError::Timeout` with the transaction still usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_timeout_and_lock_timeout_are_honoured() {
-    let url = blocking(lock_testkit::database_url)
+    let url = blocking(distlock_testkit::database_url)
         .await
         .expect("a database");
     let mut admin = PgConnection::connect(&url).await.expect("admin");
@@ -797,7 +797,7 @@ async fn statement_timeout_and_lock_timeout_are_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_holders_are_never_overlapped() {
     let started = std::time::Instant::now();
-    let url = blocking(lock_testkit::database_url)
+    let url = blocking(distlock_testkit::database_url)
         .await
         .expect("a database");
     let rest = url.split_once('@').expect("user@host").1;

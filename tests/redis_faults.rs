@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distlock::redis::{RedisLock, redis};
-use lock_api::{DistributedLock, Instant, LockError};
-use lock_testkit::{History, LinkProxy, RedisServer, SeatAction, Violation, check_seat_log};
+use distlock_api::{DistributedLock, Instant, LockError};
+use distlock_testkit::{History, LinkProxy, RedisServer, SeatAction, Violation, check_seat_log};
 use workload::{SeatStore, Workload, within};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -243,7 +243,7 @@ async fn sigstop_for_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_stalled_past_its_ttl() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::options()
         .prefix(format!("stalled-{}:", workload::unique()))
         .connect(&url)

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use distlock::redis::{RedisLock, Redlock, redis};
-use lock_api::{DistributedLock, Instant, LockError};
-use lock_testkit::{
+use distlock_api::{DistributedLock, Instant, LockError};
+use distlock_testkit::{
     History, LinkProxy, RedisCluster, RedisOptions, RedisServer, Report, check_seat_log,
 };
 use tokio::sync::watch;

@@ -13,7 +13,7 @@ use booking::{BoxOffice, Outcome};
 use distlock::postgres::PgAdvisoryLock;
 use distlock::redis::RedisLock;
 use distlock::{DistributedLock, MemoryLock};
-use lock_testkit::{SeatAction, SeatWrite, check_seat_log};
+use distlock_testkit::{SeatAction, SeatWrite, check_seat_log};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
@@ -28,7 +28,7 @@ enum Backend {
 async fn locks(backend: Backend) -> Arc<dyn DistributedLock> {
     match backend {
         Backend::Redis => Arc::new(
-            RedisLock::connect(&lock_testkit::redis_url().expect("a Redis server"))
+            RedisLock::connect(&distlock_testkit::redis_url().expect("a Redis server"))
                 .await
                 .expect("connects"),
         ),
@@ -36,7 +36,7 @@ async fn locks(backend: Backend) -> Arc<dyn DistributedLock> {
         Backend::Postgres => Arc::new(
             PgAdvisoryLock::options()
                 .max_connections(24)
-                .connect(&lock_testkit::database_url().expect("a PostgreSQL database"))
+                .connect(&distlock_testkit::database_url().expect("a PostgreSQL database"))
                 .await
                 .expect("connects"),
         ),
@@ -46,7 +46,7 @@ async fn locks(backend: Backend) -> Arc<dyn DistributedLock> {
 
 /// A fresh database with the booking schema.
 async fn tickets_db() -> PgPool {
-    let url = lock_testkit::database_url().expect("a PostgreSQL database");
+    let url = distlock_testkit::database_url().expect("a PostgreSQL database");
     let db = PgPoolOptions::new()
         .max_connections(16)
         .connect(&url)

@@ -3,7 +3,7 @@
 //! `with_lock_reports_lost_lock`, fed a hook that takes the lock on the
 //! server): Redis, Redis Cluster and Redlock delete the lock key with a raw
 //! connection; PostgreSQL terminates the holding session. The in-memory
-//! backend runs the same check in lock-api's own tests.
+//! backend runs the same check in distlock-api's own tests.
 //!
 //! The TTL is long (30 s), so renewal never asks the server before the
 //! closure ends: only the final release can tell that the work overlapped
@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use distlock::postgres::PgAdvisoryLock;
 use distlock::redis::{DEFAULT_PREFIX, RedisLock, redis};
-use lock_api::DistributedLock;
-use lock_api::conformance::{self, Config};
-use lock_testkit::{RedisCluster, RedisServer};
+use distlock_api::DistributedLock;
+use distlock_api::conformance::{self, Config};
+use distlock_testkit::{RedisCluster, RedisServer};
 use sqlx::Connection;
 
-/// The lock key of `name` under the default prefix (lock-redis' `keys.rs`).
+/// The lock key of `name` under the default prefix (distlock-redis' `keys.rs`).
 fn redis_lock_key(name: &str) -> String {
     let escaped = name.replace('%', "%25").replace('}', "%7D");
     format!("{DEFAULT_PREFIX}{{{escaped}}}")
@@ -41,7 +41,7 @@ async fn delete_key(url: &str, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_key_deleted_under_with_lock() {
-    let url = lock_testkit::redis_url().expect("a redis-server for the tests");
+    let url = distlock_testkit::redis_url().expect("a redis-server for the tests");
     let lock = RedisLock::connect(&url).await.expect("connect");
     let other = RedisLock::connect(&url)
         .await
@@ -123,7 +123,7 @@ async fn redlock_key_deleted_under_with_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_session_terminated_under_with_lock() {
-    let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+    let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
         .await
         .expect("the testkit task")
         .expect("a PostgreSQL database for the tests");

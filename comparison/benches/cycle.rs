@@ -15,16 +15,16 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use distlock_comparison::cyclers::{Cycler, Distlock, DlPg, DlRedis, RawPg, RawRedis, RsLock};
-use lock_testkit::{PgOptions, PgServer, RedisServer};
+use distlock_testkit::{PgOptions, PgServer, RedisServer};
 
 const TASKS: usize = 16;
 
 fn main() {
     let redis = RedisServer::start().expect("redis-server");
     let pg = PgServer::start_with(PgOptions::new().max_connections(200)).expect("PostgreSQL");
-    let pinned = lock_testkit::pin_apart(redis.pid().expect("redis pid")).expect("pin");
+    let pinned = distlock_testkit::pin_apart(redis.pid().expect("redis pid")).expect("pin");
     if pinned {
-        lock_testkit::pin_process(pg.pid().expect("postgres pid"), 0).expect("pin");
+        distlock_testkit::pin_process(pg.pid().expect("postgres pid"), 0).expect("pin");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

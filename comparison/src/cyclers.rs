@@ -12,8 +12,8 @@ use distlock::DistributedLock;
 use distributed_lock_core::{DistributedLock as _, LockHandle as _, LockProvider as _};
 use distributed_lock_postgres::PostgresLockProvider;
 use distributed_lock_redis::RedisLockProvider;
-use lock_postgres::{PgAdvisoryLock, PgLockOptions, WaitStrategy};
-use lock_redis::RedisLock;
+use distlock_postgres::{PgAdvisoryLock, PgLockOptions, WaitStrategy};
+use distlock_redis::RedisLock;
 use redis::aio::ConnectionManager;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -160,7 +160,7 @@ pub struct Distlock {
 
 impl Distlock {
     /// Any distlock lock client (a [`RedisLock`] on one server or on a
-    /// cluster, a [`Redlock`](lock_redis::Redlock), ...) under a label of
+    /// cluster, a [`Redlock`](distlock_redis::Redlock), ...) under a label of
     /// its own. The label names the row and goes into the cycle names, so
     /// two rows on shared servers never use the same names.
     pub fn new(

@@ -7,9 +7,9 @@ use anyhow::Context as _;
 
 use distlock::{DistributedLock, LockGuard};
 use futures::{StreamExt, TryStreamExt, stream};
-use lock_postgres::PgLockOptions;
-use lock_redis::RedisLock;
-use lock_testkit::{PgServer, RedisServer};
+use distlock_postgres::PgLockOptions;
+use distlock_redis::RedisLock;
+use distlock_testkit::{PgServer, RedisServer};
 use sqlx::postgres::{PgConnection, PgDatabaseError};
 use sqlx::{Connection, Executor};
 
@@ -84,7 +84,7 @@ pub async fn redis_hold(server: &RedisServer, k: usize) -> anyhow::Result<HoldRe
     })
 }
 
-/// K locks held through one [`lock_postgres::PgAdvisoryLock`] (a pool of
+/// K locks held through one [`distlock_postgres::PgAdvisoryLock`] (a pool of
 /// K + 10 connections): the client backends it adds (one per held lock; its
 /// LISTEN connection opens only for a waiter) and their memory growth.
 pub async fn pg_hold(server: &PgServer, url: &str, k: usize) -> anyhow::Result<HoldResult> {

@@ -3,7 +3,7 @@
 //! and the Criterion bench `cycle` share.
 //!
 //! Everything here measures against throwaway servers started by
-//! lock-testkit; nothing is meant for use outside the comparison run.
+//! distlock-testkit; nothing is meant for use outside the comparison run.
 
 pub mod booking;
 pub mod cyclers;

@@ -20,9 +20,9 @@ use distlock_comparison::cyclers::{
 };
 use distlock_comparison::results::{BookingResult, ClusterSpread, CycleResult, Results};
 use distlock_comparison::{booking, hold, measure, report, system};
-use lock_postgres::PgLockOptions;
-use lock_redis::{DEFAULT_PREFIX, RedisLock, Redlock};
-use lock_testkit::{PgOptions, PgServer, RedisCluster, RedisServer};
+use distlock_postgres::PgLockOptions;
+use distlock_redis::{DEFAULT_PREFIX, RedisLock, Redlock};
+use distlock_testkit::{PgOptions, PgServer, RedisCluster, RedisServer};
 use plotters::prelude::SeriesLabelPosition;
 use sqlx::postgres::PgPoolOptions;
 
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
                 if quick { " --quick" } else { "" }
             )
         }),
-        cpus: lock_testkit::available_cpus(),
+        cpus: distlock_testkit::available_cpus(),
         cpu_model: system::cpu_model(),
         servers: vec![system::version_of("redis-server"), pg_version()],
         load_before: system::load_average(),
@@ -106,9 +106,9 @@ fn main() -> anyhow::Result<()> {
     let redis = RedisServer::start().context("start redis-server")?;
     let pg =
         PgServer::start_with(PgOptions::new().max_connections(400)).context("start PostgreSQL")?;
-    results.pinned = lock_testkit::pin_apart(redis.pid().context("redis pid")?)?;
+    results.pinned = distlock_testkit::pin_apart(redis.pid().context("redis pid")?)?;
     if results.pinned {
-        lock_testkit::pin_process(pg.pid().context("postgres pid")?, 0)?;
+        distlock_testkit::pin_process(pg.pid().context("postgres pid")?, 0)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -386,7 +386,7 @@ async fn hand_offs(
 
 fn pin(pid: Option<u32>, pinned: bool) -> anyhow::Result<()> {
     if let (Some(pid), true) = (pid, pinned) {
-        lock_testkit::pin_process(pid, 0)?;
+        distlock_testkit::pin_process(pid, 0)?;
     }
     Ok(())
 }

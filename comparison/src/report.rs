@@ -324,7 +324,7 @@ pub fn markdown(r: &Results) -> String {
         md,
         "Run `{}` ({} mode) started {} UTC on {} CPU(s) ({}); servers: {}. \
          Servers {} the client (CPU 1). Load average before the run: {}. \
-         All servers are throwaway instances started by the run (lock-testkit; PostgreSQL with fsync off). \
+         All servers are throwaway instances started by the run (distlock-testkit; PostgreSQL with fsync off). \
          The custom measurements took {:.0} s.\n",
         r.command,
         r.mode,
@@ -477,8 +477,8 @@ pub fn markdown(r: &Results) -> String {
         md,
         "The cycle of section 1 (each task acquires and releases a name of its own, back to back; same tasks, same measuring code), \
          through distlock with its defaults (wake-ups on), on fresh servers started for this section ({:.1} s to start 5 servers and form the cluster): \
-         `RedisLock, 1 server` is `lock_redis::RedisLock` on one redis-server, measured here beside the others as their baseline; \
-         `Redlock, N servers` is `lock_redis::Redlock` over N independent redis-servers (an acquire sends `SET NX PX` to all N at once and, \
+         `RedisLock, 1 server` is `distlock_redis::RedisLock` on one redis-server, measured here beside the others as their baseline; \
+         `Redlock, N servers` is `distlock_redis::Redlock` over N independent redis-servers (an acquire sends `SET NX PX` to all N at once and, \
          once a majority granted, raises the fencing counter on that majority — a second round trip; a release deletes on every node and \
          returns once a majority did); `Redis Cluster` is `RedisLock::connect_cluster` on a cluster of 3 masters without replicas \
          (each acquire is one Lua script on the master of the name's slot; the cluster client keeps one multiplexed connection per master, \

@@ -70,14 +70,14 @@ fn parse_backend(mut args: impl Iterator<Item = String>) -> Result<String, Strin
 async fn run(backend: &str) -> Result<(), Error> {
     println!("Starting the servers (throwaway ones unless REDIS_URL / DATABASE_URL are set)…");
     let lock_url = match backend {
-        "redis" => lock_testkit::redis_url()?,
-        "postgres" => lock_testkit::database_url()?,
+        "redis" => distlock_testkit::redis_url()?,
+        "postgres" => distlock_testkit::database_url()?,
         _ => "memory:ticket-booking".to_owned(),
     };
     let locks: Arc<dyn DistributedLock> = distlock::connect(&lock_url).await?;
     let db = PgPoolOptions::new()
         .max_connections(8)
-        .connect(&lock_testkit::database_url()?)
+        .connect(&distlock_testkit::database_url()?)
         .await?;
     booking::create_schema(&db).await?;
     println!("Locks: {backend}. Tickets: PostgreSQL.\n");

@@ -17,10 +17,10 @@ pub trait DistributedLockExt: DistributedLock {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use lock_api::{DistributedLockExt, MemoryLock};
+    /// use distlock_api::{DistributedLockExt, MemoryLock};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lock_api::LockError> {
+    /// # async fn main() -> Result<(), distlock_api::LockError> {
     /// let locks = MemoryLock::new();
     /// let booked = locks
     ///     .with_lock("ticket:42", Duration::from_secs(5), Duration::from_secs(1), |lock| async move {

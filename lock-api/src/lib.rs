@@ -29,7 +29,7 @@
 //! Every backend built on [`LockBackend`] reports the same things, from this
 //! crate's waiting loop, guard and renewal task.
 //!
-//! **Tracing** (the `tracing` crate; targets `lock_api::*`). Lock names and
+//! **Tracing** (the `tracing` crate; targets `distlock_api::*`). Lock names and
 //! fencing tokens are logged; nothing from connection URLs ever is. A
 //! successful acquire–release cycle logs nothing at `INFO` or above.
 //!
@@ -44,7 +44,7 @@
 //! | event `…: failed; the TTL frees the lock` (release could not reach the server) | `WARN` | `lock.name`, `lock.backend`, `lock.fencing_token`, `error` |
 //!
 //! **Metrics** (feature `metrics`, through the `metrics` facade crate; see
-//! `lock_api::metrics` for details and `describe()`), all labelled by
+//! `distlock_api::metrics` for details and `describe()`), all labelled by
 //! `backend` ([`LockBackend::kind`]), never by lock name:
 //!
 //! | Name | Type | Extra labels | Meaning |

@@ -21,10 +21,10 @@ use crate::{Attempt, LockBackend, LockError, LockGuard, Wakeup, validate_name, v
 ///
 /// ```
 /// use std::time::Duration;
-/// use lock_api::{DistributedLock, MemoryLock};
+/// use distlock_api::{DistributedLock, MemoryLock};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lock_api::LockError> {
+/// # async fn main() -> Result<(), distlock_api::LockError> {
 /// let locks = MemoryLock::new();
 /// let guard = locks.acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2)).await?;
 /// assert!(locks.try_acquire("ticket:42", Duration::from_secs(10)).await?.is_none());

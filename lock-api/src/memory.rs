@@ -23,10 +23,10 @@ pub const MEMORY_MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60
 ///
 /// ```
 /// use std::time::Duration;
-/// use lock_api::{DistributedLock, MemoryLock};
+/// use distlock_api::{DistributedLock, MemoryLock};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lock_api::LockError> {
+/// # async fn main() -> Result<(), distlock_api::LockError> {
 /// let locks = MemoryLock::new();
 /// let other_client = locks.clone();
 /// let first = locks.acquire("job", Duration::from_secs(1), Duration::ZERO).await?;

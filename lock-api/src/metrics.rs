@@ -29,7 +29,7 @@
 //! ```
 //! # fn install_your_exporter() {}
 //! install_your_exporter(); // e.g. metrics_exporter_prometheus::PrometheusBuilder::new().install()
-//! lock_api::metrics::describe();
+//! distlock_api::metrics::describe();
 //! ```
 //!
 //! Without the feature, none of this code exists and `metrics` is not a

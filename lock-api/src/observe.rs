@@ -8,7 +8,7 @@
 //! the feature, the metric hooks are empty and compile away.
 //!
 //! What is reported, and under which names, is documented for users in the
-//! crate docs (section *Observability*) and in `lock_api::metrics`.
+//! crate docs (section *Observability*) and in `distlock_api::metrics`.
 
 use std::time::Duration;
 

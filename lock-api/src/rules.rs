@@ -17,7 +17,7 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 /// always distinct locks.
 ///
 /// ```
-/// use lock_api::{validate_name, LockError};
+/// use distlock_api::{validate_name, LockError};
 /// assert!(validate_name("ticket:42").is_ok());
 /// assert!(matches!(validate_name(""), Err(LockError::InvalidName(_))));
 /// assert!(matches!(validate_name(&"x".repeat(1025)), Err(LockError::InvalidName(_))));
@@ -41,7 +41,7 @@ pub fn validate_name(name: &str) -> Result<(), LockError> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use lock_api::{validate_ttl, LockError};
+/// use distlock_api::{validate_ttl, LockError};
 /// let max = Duration::from_secs(3600);
 /// assert!(validate_ttl(Duration::from_secs(30), max).is_ok());
 /// assert!(matches!(validate_ttl(Duration::ZERO, max), Err(LockError::InvalidTtl(_))));

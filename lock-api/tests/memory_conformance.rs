@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use lock_api::MemoryLock;
-use lock_api::conformance::{self, Config, Fixture};
+use distlock_api::MemoryLock;
+use distlock_api::conformance::{self, Config, Fixture};
 
 async fn memory() -> Fixture {
     let locks = MemoryLock::new();
     Fixture::new(Arc::new(locks.clone()), Arc::new(locks))
 }
 
-lock_api::conformance_tests!(memory);
+distlock_api::conformance_tests!(memory);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_passes_on_memory() {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lock_api::{DistributedLock, LockError, MemoryLock};
+use distlock_api::{DistributedLock, LockError, MemoryLock};
 
 mod support;
 use support::*;
@@ -462,7 +462,7 @@ mod metrics_output {
         let snapshotter = recorder.snapshotter();
         {
             let _local = metrics::set_default_local_recorder(&recorder);
-            lock_api::metrics::describe();
+            distlock_api::metrics::describe();
             runtime().block_on(test());
         }
         snapshot(&snapshotter)
@@ -714,24 +714,24 @@ mod metrics_output {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            lock_api::metrics::describe();
+            distlock_api::metrics::describe();
             // Touch every metric once so the snapshot lists it.
             for name in [
-                lock_api::metrics::ACQUIRE_ATTEMPTS,
-                lock_api::metrics::ACQUIRE_SUCCESSES,
-                lock_api::metrics::ACQUIRE_TIMEOUTS,
-                lock_api::metrics::ACQUIRE_ERRORS,
-                lock_api::metrics::EXTENDS,
-                lock_api::metrics::RENEWALS,
-                lock_api::metrics::RENEWAL_FAILURES,
-                lock_api::metrics::LOCKS_LOST,
-                lock_api::metrics::RELEASES,
+                distlock_api::metrics::ACQUIRE_ATTEMPTS,
+                distlock_api::metrics::ACQUIRE_SUCCESSES,
+                distlock_api::metrics::ACQUIRE_TIMEOUTS,
+                distlock_api::metrics::ACQUIRE_ERRORS,
+                distlock_api::metrics::EXTENDS,
+                distlock_api::metrics::RENEWALS,
+                distlock_api::metrics::RENEWAL_FAILURES,
+                distlock_api::metrics::LOCKS_LOST,
+                distlock_api::metrics::RELEASES,
             ] {
                 metrics::counter!(name).increment(1);
             }
             for name in [
-                lock_api::metrics::ACQUIRE_WAIT_SECONDS,
-                lock_api::metrics::LOCK_HELD_SECONDS,
+                distlock_api::metrics::ACQUIRE_WAIT_SECONDS,
+                distlock_api::metrics::LOCK_HELD_SECONDS,
             ] {
                 metrics::histogram!(name).record(1.0);
             }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::conformance::{self, Config};
-use lock_api::{
+use distlock_api::conformance::{self, Config};
+use distlock_api::{
     Attempt, DistributedLock, Instant, Lease, LockBackend, LockError, MemoryLock, WakeHub, Wakeup,
 };
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::{
+use distlock_api::{
     Attempt, Backoff, DistributedLock, LockBackend, LockError, MemoryLease, MemoryLock, Wakeup,
 };
 

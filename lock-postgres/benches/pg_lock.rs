@@ -12,19 +12,19 @@
 //!   the default) vs `poll` (jittered backoff only). A summary with the
 //!   median and the longest hand-off and wait is printed to stderr.
 //!
-//! Run: `cargo bench -p lock-postgres --bench pg_lock` (full), or with
+//! Run: `cargo bench -p distlock-postgres --bench pg_lock` (full), or with
 //! `DISTLOCK_BENCH_QUICK=1` for a smoke run of a few seconds;
 //! `DISTLOCK_BENCH_BUSY=1` keeps the CPUs awake (see [`Spinners`]). The
-//! server is a throwaway PostgreSQL from lock-testkit (fsync off).
+//! server is a throwaway PostgreSQL from distlock-testkit (fsync off).
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lock_postgres::sqlx::{self, Connection, PgConnection};
-use lock_postgres::{DistributedLock, PgAdvisoryLock, PgLockOptions, WaitStrategy};
-use lock_testkit::PgServer;
+use distlock_postgres::sqlx::{self, Connection, PgConnection};
+use distlock_postgres::{DistributedLock, PgAdvisoryLock, PgLockOptions, WaitStrategy};
+use distlock_testkit::PgServer;
 
 const TTL: Duration = Duration::from_secs(30);
 const HOLD: Duration = Duration::from_millis(1);
@@ -96,7 +96,7 @@ struct Bench {
 }
 
 fn setup() -> Bench {
-    let server = PgServer::start_with(lock_testkit::PgOptions::new().max_connections(200))
+    let server = PgServer::start_with(distlock_testkit::PgOptions::new().max_connections(200))
         .expect("a throwaway PostgreSQL for the benchmarks");
     let url = server.fresh_database().expect("a database");
     Bench {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use lock_api::LockError;
+use distlock_api::LockError;
 use sqlx::postgres::{PgDatabaseError, PgSeverity};
 
 /// Every connection this client may open is in use, and none came free in
@@ -105,7 +105,7 @@ pub(crate) fn pooled_session(what: &str, stranded: bool) -> LockError {
          pool_mode = transaction) sits between this client and PostgreSQL. Session-level \
          advisory locks cannot work through it: the lock would stay on a server session that \
          other clients then use. Connect PgAdvisoryLock to PostgreSQL directly or through \
-         session pooling, or take transaction-scoped locks (lock_postgres::xact) through the \
+         session pooling, or take transaction-scoped locks (distlock_postgres::xact) through the \
          pooler.{left}"
     ))
 }

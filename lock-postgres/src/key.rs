@@ -37,7 +37,7 @@ pub const KEY_SQL: &str =
 /// never two holders of one name.
 ///
 /// ```
-/// assert_eq!(lock_postgres::lock_key("ticket:42"), -2853554027507961513);
+/// assert_eq!(distlock_postgres::lock_key("ticket:42"), -2853554027507961513);
 /// ```
 pub fn lock_key(name: &str) -> i64 {
     lock_key_in("", name)
@@ -47,7 +47,7 @@ pub fn lock_key(name: &str) -> i64 {
 /// by `name` (plain concatenation, like a key prefix in Redis).
 ///
 /// ```
-/// use lock_postgres::{lock_key, lock_key_in};
+/// use distlock_postgres::{lock_key, lock_key_in};
 /// assert_eq!(lock_key_in("shop:", "ticket:42"), lock_key("shop:ticket:42"));
 /// ```
 pub fn lock_key_in(namespace: &str, name: &str) -> i64 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::{Lease, LockError};
+use distlock_api::{Lease, LockError};
 use tokio::sync::oneshot;
 
 use crate::WaitStrategy;
@@ -17,7 +17,7 @@ use crate::pool::Pinned;
 use crate::shared::{Core, ttl_millis};
 use crate::sql::EXTEND;
 
-/// The lease lock-api's guard holds for a PostgreSQL advisory lock.
+/// The lease distlock-api's guard holds for a PostgreSQL advisory lock.
 ///
 /// While the lock is held the lease owns the connection (session) that
 /// holds it. A statement on that connection that is cancelled, times out or

@@ -6,10 +6,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use lock_postgres::{DistributedLock, DistributedLockExt, PgAdvisoryLock};
+//! use distlock_postgres::{DistributedLock, DistributedLockExt, PgAdvisoryLock};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), lock_postgres::LockError> {
+//! # async fn main() -> Result<(), distlock_postgres::LockError> {
 //! let locks = PgAdvisoryLock::connect("postgres://app@db.internal/shop").await?;
 //!
 //! // Take it, do the work, give it back.
@@ -171,7 +171,7 @@
 //! # Waiting: `LISTEN`/`NOTIFY`, measured
 //!
 //! [`acquire`](DistributedLock::acquire) retries `pg_try_advisory_lock`
-//! (lock-api's jittered backoff, 2 ms doubling to 100 ms) and, with
+//! (distlock-api's jittered backoff, 2 ms doubling to 100 ms) and, with
 //! [`WaitStrategy::Notify`] (the default), wakes at once when a release is
 //! announced: the unlock statement also runs `pg_notify('distlock', key)`,
 //! and one listener connection per client wakes that client's waiters on
@@ -180,7 +180,7 @@
 //! The rejected alternative, a blocking `pg_advisory_lock` under
 //! `lock_timeout`, hands off fastest but pins a connection per *waiter*
 //! (not just per holder), and a grant racing the timeout needs an extra
-//! check. Measured on a 2-core VM (PostgreSQL 15 from lock-testkit on
+//! check. Measured on a 2-core VM (PostgreSQL 15 from distlock-testkit on
 //! localhost, `fsync` off; Criterion, one run; each party a client of its
 //! own; every holder keeps the lock ~1 ms, then steps back until another
 //! party has had it; "gap" is from the holder deciding to release to the
@@ -222,7 +222,7 @@
 //! (`set_config` on grant, reset on release), `NOTIFY`'s commit — plus the
 //! client's pool, guard and query timeouts; with 16 tasks the two CPUs are
 //! saturated, so every extra microsecond of CPU, client or server, shows in
-//! throughput. Reproduce with `cargo bench -p lock-postgres --bench pg_lock`
+//! throughput. Reproduce with `cargo bench -p distlock-postgres --bench pg_lock`
 //! (`DISTLOCK_BENCH_QUICK=1` for a smoke run of seconds).
 //!
 //! Choose [`WaitStrategy::Poll`] for many short, rarely contended locks.
@@ -314,6 +314,6 @@ pub use lock::PgAdvisoryLock;
 pub use options::{PgLockOptions, TcpKeepalives, WaitStrategy};
 pub use xact::XactLocks;
 
-pub use lock_api;
-pub use lock_api::{DistributedLock, DistributedLockExt, LockError, LockGuard};
+pub use distlock_api;
+pub use distlock_api::{DistributedLock, DistributedLockExt, LockError, LockGuard};
 pub use sqlx;

@@ -1,5 +1,5 @@
 //! The client users hold: connecting, locking by name or by raw key, and
-//! the [`DistributedLock`] implementation built on lock-api's machinery.
+//! the [`DistributedLock`] implementation built on distlock-api's machinery.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::{Attempt, Backoff, DistributedLock, LockBackend, LockError, LockGuard, Wakeup};
+use distlock_api::{Attempt, Backoff, DistributedLock, LockBackend, LockError, LockGuard, Wakeup};
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::OnceCell;
@@ -40,10 +40,10 @@ pub(crate) enum Source {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lock_postgres::{DistributedLock, PgAdvisoryLock};
+/// use distlock_postgres::{DistributedLock, PgAdvisoryLock};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lock_api::LockError> {
+/// # async fn main() -> Result<(), distlock_api::LockError> {
 /// let locks = PgAdvisoryLock::connect("postgres://app@localhost/shop").await?;
 /// let guard = locks
 ///     .acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2))
@@ -150,7 +150,7 @@ impl PgAdvisoryLock {
         };
         let server = check_server(&pool, &options, &listen_options).await?;
         let stop = CancellationToken::new();
-        let hub = lock_api::WakeHub::new();
+        let hub = distlock_api::WakeHub::new();
         let listener = (options.wait_strategy == WaitStrategy::Notify).then(|| {
             // Its own application name, so operators (and tests) can tell
             // the one listening session from the lock sessions.
@@ -445,7 +445,7 @@ fn show_version(num: i32) -> String {
 mod tests {
     use super::*;
 
-    use lock_api::Lease as _;
+    use distlock_api::Lease as _;
     use sqlx::Executor as _;
 
     /// PostgreSQL only logs a WARNING when `pg_advisory_unlock` finds no
@@ -453,7 +453,7 @@ mod tests {
     /// (A unit test: only here can a test reach the holding connection.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unlock_that_finds_no_lock_is_lost() {
-        let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
             .await
             .expect("task")
             .expect("a database");
@@ -508,7 +508,7 @@ mod tests {
     /// default back before the connection is pooled.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_ttl_sets_the_sessions_tcp_user_timeout_and_release_restores_it() {
-        let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
             .await
             .expect("task")
             .expect("a database");

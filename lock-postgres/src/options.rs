@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use lock_api::{Backoff, LockError};
+use distlock_api::{Backoff, LockError};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use crate::PgAdvisoryLock;
@@ -60,10 +60,10 @@ impl Default for TcpKeepalives {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lock_postgres::{PgLockOptions, WaitStrategy};
+/// use distlock_postgres::{PgLockOptions, WaitStrategy};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lock_api::LockError> {
+/// # async fn main() -> Result<(), distlock_api::LockError> {
 /// let locks = PgLockOptions::new()
 ///     .max_connections(32)
 ///     .key_namespace("shop:")
@@ -212,7 +212,7 @@ impl PgLockOptions {
         self
     }
 
-    /// The backoff between attempts while waiting (lock-api's default:
+    /// The backoff between attempts while waiting (distlock-api's default:
     /// 2 ms doubling to 100 ms, full jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;

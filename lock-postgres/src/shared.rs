@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::{Attempt, Backoff, LockError, WakeHub, Wakeup};
+use distlock_api::{Attempt, Backoff, LockError, WakeHub, Wakeup};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
@@ -31,7 +31,7 @@ pub(crate) fn ttl_millis(ttl: Duration) -> String {
 }
 
 tokio::task_local! {
-    /// Set by `acquire` around lock-api's waiting loop, so each attempt
+    /// Set by `acquire` around distlock-api's waiting loop, so each attempt
     /// knows how long it may wait for a free connection.
     static WAIT: WaitScope;
 }
@@ -52,9 +52,9 @@ pub(crate) async fn with_wait<F>(
     core: &Core,
     wait: Duration,
     acquire: F,
-) -> Result<lock_api::LockGuard, LockError>
+) -> Result<distlock_api::LockGuard, LockError>
 where
-    F: Future<Output = Result<lock_api::LockGuard, LockError>>,
+    F: Future<Output = Result<distlock_api::LockGuard, LockError>>,
 {
     let scope = WaitScope {
         deadline: Instant::now().checked_add(wait),
@@ -110,7 +110,7 @@ impl Core {
         lock_key_in(&self.namespace, name)
     }
 
-    /// One attempt to take `key` for `ttl` (see [`lock_api::LockBackend::try_lock`]).
+    /// One attempt to take `key` for `ttl` (see [`distlock_api::LockBackend::try_lock`]).
     ///
     /// Cancel safe: from the moment a connection leaves the pool it sits in
     /// a `Conn`, which closes it when dropped — so a lock the server granted

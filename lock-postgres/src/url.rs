@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use lock_api::LockError;
+use distlock_api::LockError;
 use sqlx::postgres::PgConnectOptions;
 
 /// Parses a `postgres://` or `postgresql://` URL into connect options.

@@ -19,7 +19,7 @@
 //! same name exclude each other.
 //!
 //! ```no_run
-//! use lock_postgres::xact;
+//! use distlock_postgres::xact;
 //!
 //! # async fn book(pool: &sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut tx = pool.begin().await?;
@@ -41,7 +41,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::{LockError, validate_name};
+use distlock_api::{LockError, validate_name};
 use sqlx::postgres::{PgConnection, PgRow, Postgres};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _, Transaction};
 

@@ -1,13 +1,13 @@
-//! The lock-api conformance suite against a real PostgreSQL started by lock-testkit.
+//! The distlock-api conformance suite against a real PostgreSQL started by distlock-testkit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::conformance::{Config, Fixture};
-use lock_postgres::PgLockOptions;
+use distlock_api::conformance::{Config, Fixture};
+use distlock_postgres::PgLockOptions;
 
 async fn postgres() -> Fixture {
-    let url = tokio::task::spawn_blocking(lock_testkit::database_url)
+    let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
         .await
         .expect("the testkit task")
         .expect("a PostgreSQL database for the tests");
@@ -30,4 +30,4 @@ async fn postgres() -> Fixture {
     })
 }
 
-lock_api::conformance_tests!(postgres);
+distlock_api::conformance_tests!(postgres);

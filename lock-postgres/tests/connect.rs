@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{database_url, within};
-use lock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions};
-use lock_testkit::LinkProxy;
+use distlock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions};
+use distlock_testkit::LinkProxy;
 
 const PASSWORD: &str = "s3cret-Pa55word";
 
@@ -168,8 +168,8 @@ async fn both_schemes_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_durable_commits_works_too() {
     let server = tokio::task::spawn_blocking(|| {
-        lock_testkit::PgServer::start_with(
-            lock_testkit::PgOptions::new().setting("synchronous_commit", "on"),
+        distlock_testkit::PgServer::start_with(
+            distlock_testkit::PgOptions::new().setting("synchronous_commit", "on"),
         )
     })
     .await
@@ -209,7 +209,7 @@ async fn a_server_with_durable_commits_works_too() {
 async fn refused_sequence(test: &str, create: &str) -> (LockError, PgAdvisoryLock) {
     let url = database_url().await;
     let mut direct = common::observer(&url).await;
-    lock_postgres::sqlx::raw_sql(lock_postgres::sqlx::AssertSqlSafe(create.to_owned()))
+    distlock_postgres::sqlx::raw_sql(distlock_postgres::sqlx::AssertSqlSafe(create.to_owned()))
         .execute(&mut direct)
         .await
         .expect("create the sequence");
@@ -288,7 +288,7 @@ async fn a_sequence_restarted_after_connect_refuses_falling_tokens() {
         guard.release().await.expect("ours");
     }
     let mut direct = common::observer(&url).await;
-    lock_postgres::sqlx::raw_sql("ALTER SEQUENCE public.restarted_tokens RESTART")
+    distlock_postgres::sqlx::raw_sql("ALTER SEQUENCE public.restarted_tokens RESTART")
         .execute(&mut direct)
         .await
         .expect("restart the sequence");
@@ -315,7 +315,7 @@ async fn a_sequence_restarted_after_connect_refuses_falling_tokens() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // And a later change of direction is caught the same way.
-    lock_postgres::sqlx::raw_sql(
+    distlock_postgres::sqlx::raw_sql(
         "SELECT setval('public.restarted_tokens', 100); \
          ALTER SEQUENCE public.restarted_tokens INCREMENT -1",
     )

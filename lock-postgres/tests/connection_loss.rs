@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{app_name, client, database_url, holder_pid, observer, terminate, within};
-use lock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions};
-use lock_testkit::PgServer;
+use distlock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions};
+use distlock_testkit::PgServer;
 
 const LONG_TTL: Duration = Duration::from_secs(30);
 

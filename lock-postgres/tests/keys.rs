@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{app_name, client, database_url, observer};
-use lock_postgres::sqlx::{self, AssertSqlSafe};
-use lock_postgres::{DistributedLock, KEY_SQL, PgLockOptions, lock_key, lock_key_in};
+use distlock_postgres::sqlx::{self, AssertSqlSafe};
+use distlock_postgres::{DistributedLock, KEY_SQL, PgLockOptions, lock_key, lock_key_in};
 use proptest::prelude::*;
 use rand::Rng;
 

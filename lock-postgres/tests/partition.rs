@@ -5,15 +5,15 @@
 //! connection carries (keepalives, `tcp_user_timeout`), which would
 //! otherwise end an idle session long before the TTL.
 //!
-//! Needs root and iptables (lock-testkit's `Partition`); fails without.
+//! Needs root and iptables (distlock-testkit's `Partition`); fails without.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{app_name, database_url, observer, within};
-use lock_postgres::{PgAdvisoryLock, PgLockOptions, TcpKeepalives};
-use lock_testkit::{AliasPort, History, Outcome, Partition};
+use distlock_postgres::{PgAdvisoryLock, PgLockOptions, TcpKeepalives};
+use distlock_testkit::{AliasPort, History, Outcome, Partition};
 
 /// How late the server may free the lock after the TTL on a loaded machine.
 const SLACK: Duration = Duration::from_secs(3);
@@ -117,7 +117,7 @@ async fn partitioned_holder_keeps_its_extended_lease(
     // Partition an idle session: once the holder's kernel has acknowledged
     // everything the server sent, only the server's keepalives (and the
     // TTL) can end it.
-    let client_port: i32 = lock_postgres::sqlx::query_scalar(
+    let client_port: i32 = distlock_postgres::sqlx::query_scalar(
         "SELECT client_port FROM pg_stat_activity WHERE pid = $1",
     )
     .bind(holder_pid)

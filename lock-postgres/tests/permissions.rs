@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::{database_url, observer};
-use lock_postgres::sqlx::{self, AssertSqlSafe, Executor as _};
-use lock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions};
+use distlock_postgres::sqlx::{self, AssertSqlSafe, Executor as _};
+use distlock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 
-fn backend_message(outcome: Result<Option<lock_postgres::LockGuard>, LockError>) -> String {
+fn backend_message(outcome: Result<Option<distlock_postgres::LockGuard>, LockError>) -> String {
     match outcome {
         Err(err @ LockError::Backend(_)) => err.to_string(),
         Err(err) => panic!("expected a Backend error, got {err}"),

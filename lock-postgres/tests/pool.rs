@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::{
     advisory_locks_of, app_name, client, database_url, eventually, observer, sessions_of,
 };
-use lock_postgres::sqlx::postgres::PgPoolOptions;
-use lock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions, PoolExhausted};
+use distlock_postgres::sqlx::postgres::PgPoolOptions;
+use distlock_postgres::{DistributedLock, LockError, PgAdvisoryLock, PgLockOptions, PoolExhausted};
 
 const TTL: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(2);
@@ -222,7 +222,7 @@ async fn cancelled_releases_and_acquires_never_pool_a_locked_connection() {
 async fn an_application_pool_can_be_shared() {
     let url = database_url().await;
     let app = app_name("shared-pool");
-    let connect: lock_postgres::sqlx::postgres::PgConnectOptions =
+    let connect: distlock_postgres::sqlx::postgres::PgConnectOptions =
         url.parse().expect("connect options");
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -272,7 +272,7 @@ async fn an_application_pool_can_be_shared() {
     )
     .await;
     // The application's own queries still work on the pool.
-    let one: i32 = lock_postgres::sqlx::query_scalar("SELECT 1")
+    let one: i32 = distlock_postgres::sqlx::query_scalar("SELECT 1")
         .fetch_one(&pool)
         .await
         .expect("the shared pool still works");

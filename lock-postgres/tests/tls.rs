@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use lock_api::{DistributedLock, LockError};
-use lock_postgres::PgAdvisoryLock;
-use lock_testkit::{PgOptions, PgServer, TestCertificates};
+use distlock_api::{DistributedLock, LockError};
+use distlock_postgres::PgAdvisoryLock;
+use distlock_testkit::{PgOptions, PgServer, TestCertificates};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -53,9 +53,9 @@ async fn locks_over_tls_and_verifies_the_server() {
 
 /// Whether a fresh session on `url` runs over TLS, per `pg_stat_ssl`.
 async fn ssl_in_use(url: &str) -> bool {
-    use lock_postgres::sqlx::{Connection, PgConnection};
+    use distlock_postgres::sqlx::{Connection, PgConnection};
     let mut conn = PgConnection::connect(url).await.expect("connect");
-    let ssl: bool = lock_postgres::sqlx::query_scalar(
+    let ssl: bool = distlock_postgres::sqlx::query_scalar(
         "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
     )
     .fetch_one(&mut conn)

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{app_name, client, database_url, holder_pid, observer, sessions_of, within};
-use lock_postgres::{DistributedLock, PgAdvisoryLock, PgLockOptions};
-use lock_testkit::LinkProxy;
+use distlock_postgres::{DistributedLock, PgAdvisoryLock, PgLockOptions};
+use distlock_testkit::LinkProxy;
 
 /// How late the server may free a lock after its TTL on a loaded machine.
 const SLACK: Duration = Duration::from_secs(1);
@@ -44,7 +44,7 @@ async fn a_frozen_holder_loses_its_lock_to_the_server() {
     );
     assert!(next.fencing_token() > guard.fencing_token());
     let sessions: Vec<i32> =
-        lock_postgres::sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE pid = $1")
+        distlock_postgres::sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE pid = $1")
             .bind(pid)
             .fetch_all(&mut outside)
             .await
@@ -194,7 +194,7 @@ async fn ttls_round_up_to_whole_milliseconds_and_have_a_ceiling() {
         .await
         .expect_err("too long");
     assert!(
-        matches!(err, lock_postgres::LockError::InvalidTtl(_)),
+        matches!(err, distlock_postgres::LockError::InvalidTtl(_)),
         "{err}"
     );
     let longest = Duration::from_millis(i32::MAX as u64);

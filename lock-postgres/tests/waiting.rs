@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{app_name, client, database_url, observer, terminate, within};
-use lock_postgres::lock_api::Backoff;
-use lock_postgres::sqlx;
-use lock_postgres::{DistributedLock, PgLockOptions, WaitStrategy};
+use distlock_postgres::distlock_api::Backoff;
+use distlock_postgres::sqlx;
+use distlock_postgres::{DistributedLock, PgLockOptions, WaitStrategy};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -25,9 +25,9 @@ const PROMPT: Duration = Duration::from_secs(1);
 /// Starts a waiter on `name` and returns once it is waiting (its first
 /// attempt found the lock held).
 async fn waiter(
-    locks: &lock_postgres::PgAdvisoryLock,
+    locks: &distlock_postgres::PgAdvisoryLock,
     name: &str,
-) -> tokio::task::JoinHandle<Result<(lock_postgres::LockGuard, Instant), lock_postgres::LockError>>
+) -> tokio::task::JoinHandle<Result<(distlock_postgres::LockGuard, Instant), distlock_postgres::LockError>>
 {
     let (locks, name) = (locks.clone(), name.to_owned());
     tokio::spawn(async move {

@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::database_url;
-use lock_postgres::sqlx::{self, postgres::PgPoolOptions};
-use lock_postgres::xact::{self, XactLocks};
-use lock_postgres::{DistributedLock, LockError, PgAdvisoryLock};
+use distlock_postgres::sqlx::{self, postgres::PgPoolOptions};
+use distlock_postgres::xact::{self, XactLocks};
+use distlock_postgres::{DistributedLock, LockError, PgAdvisoryLock};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -181,7 +181,7 @@ async fn a_missing_sequence_is_explained_and_harmless() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_and_raw_keys_agree_with_the_session_client() {
     let url = database_url().await;
-    let session = lock_postgres::PgLockOptions::new()
+    let session = distlock_postgres::PgLockOptions::new()
         .key_namespace("app:")
         .connect(&url)
         .await
@@ -226,7 +226,7 @@ async fn namespaces_and_raw_keys_agree_with_the_session_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequence_restarted_after_setup_refuses_falling_transaction_tokens() {
     let url = database_url().await;
-    let session = lock_postgres::PgLockOptions::new()
+    let session = distlock_postgres::PgLockOptions::new()
         .fencing_sequence("public", "restarted_xact_tokens")
         .connect(&url)
         .await

@@ -15,8 +15,8 @@
 //! runtime) to CPU 1 when the machine has two or more.
 //!
 //! ```text
-//! cargo bench -p lock-redis --bench redis_lock            # full run
-//! DISTLOCK_BENCH_QUICK=1 cargo bench -p lock-redis --bench redis_lock   # seconds
+//! cargo bench -p distlock-redis --bench redis_lock            # full run
+//! DISTLOCK_BENCH_QUICK=1 cargo bench -p distlock-redis --bench redis_lock   # seconds
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use lock_api::DistributedLock;
-use lock_redis::{RedisLock, redis};
-use lock_testkit::RedisServer;
+use distlock_api::DistributedLock;
+use distlock_redis::{RedisLock, redis};
+use distlock_testkit::RedisServer;
 use redis::aio::ConnectionManager;
 use tokio::runtime::Runtime;
 
@@ -296,7 +296,7 @@ fn name_filters() -> Vec<String> {
 fn main() {
     let server = RedisServer::start().expect("redis-server");
     if let Some(pid) = server.pid() {
-        lock_testkit::pin_apart(pid).expect("pin server and client to different CPUs");
+        distlock_testkit::pin_apart(pid).expect("pin server and client to different CPUs");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -3,7 +3,7 @@
 //! for the ways to take a fencing token with the lock.
 //!
 //! ```text
-//! cargo run --release -p lock-redis --example cycle_cost
+//! cargo run --release -p distlock-redis --example cycle_cost
 //! ```
 //!
 //! Variants: `raw` (SET NX PX, Lua compare-delete: no fencing token),
@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use lock_api::DistributedLock;
-use lock_redis::{RedisLock, redis};
+use distlock_api::DistributedLock;
+use distlock_redis::{RedisLock, redis};
 use redis::aio::ConnectionManager;
 
 const TASKS: usize = 64;
@@ -138,9 +138,9 @@ async fn cycle(
 }
 
 fn main() {
-    let server = lock_testkit::RedisServer::start().expect("redis-server");
+    let server = distlock_testkit::RedisServer::start().expect("redis-server");
     if let Some(pid) = server.pid() {
-        lock_testkit::pin_apart(pid).expect("pin server and client to different CPUs");
+        distlock_testkit::pin_apart(pid).expect("pin server and client to different CPUs");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

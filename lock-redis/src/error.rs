@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lock_api::LockError;
+use distlock_api::LockError;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// A failed Redis operation: what was attempted, against which server

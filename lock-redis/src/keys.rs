@@ -201,12 +201,12 @@ mod properties {
             (1020usize..1030).prop_map(|n| "é".repeat(n / 2) + &"x".repeat(n % 2)),
             Just(String::new()),
         ]) {
-            let valid = lock_api::validate_name(&name);
-            if (1..=lock_api::MAX_NAME_LEN).contains(&name.len()) {
+            let valid = distlock_api::validate_name(&name);
+            if (1..=distlock_api::MAX_NAME_LEN).contains(&name.len()) {
                 prop_assert!(valid.is_ok(), "{} bytes: {:?}", name.len(), valid);
             } else {
                 prop_assert!(
-                    matches!(valid, Err(lock_api::LockError::InvalidName(_))),
+                    matches!(valid, Err(distlock_api::LockError::InvalidName(_))),
                     "{} bytes: {:?}", name.len(), valid
                 );
             }

@@ -10,10 +10,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use lock_redis::RedisLock;
-//! use lock_redis::lock_api::DistributedLock;
+//! use distlock_redis::RedisLock;
+//! use distlock_redis::distlock_api::DistributedLock;
 //!
-//! # async fn demo() -> Result<(), lock_redis::lock_api::LockError> {
+//! # async fn demo() -> Result<(), distlock_redis::distlock_api::LockError> {
 //! let locks = RedisLock::connect("redis://127.0.0.1:6379").await?;
 //! let guard = locks.acquire("ticket:42", Duration::from_secs(10), Duration::from_secs(2)).await?;
 //! // … write with guard.fencing_token() …
@@ -34,7 +34,7 @@
 //!   since the two run atomically, tokens rise in the order locks are
 //!   granted (with gaps where attempts failed). The server spends markedly
 //!   less CPU on this than on the same step as a Lua script (see
-//!   `cargo run --release -p lock-redis --example cycle_cost`, which prints
+//!   `cargo run --release -p distlock-redis --example cycle_cost`, which prints
 //!   client and server CPU per cycle for both). When the lock is held, a second
 //!   round trip marks it as waited for and reads the holder's remaining TTL
 //!   (`PTTL`); a waiter never sleeps past it. Tokens are 128-bit random
@@ -61,14 +61,14 @@
 //!   attempt, so a release cannot slip between an attempt and the wait, and
 //!   waiters of one process queue up in arrival order instead of all racing
 //!   for each release. Expiries and missed messages (a reconnecting
-//!   subscriber) are caught by lock-api's jittered backoff (2 ms doubling to
+//!   subscriber) are caught by distlock-api's jittered backoff (2 ms doubling to
 //!   100 ms, never past the holder's remaining TTL); after a resubscribe
 //!   every waiter looks again.
 //! - **Timeouts**: connecting takes at most the connect timeout (3 s by
 //!   default); a command at most connect timeout + response timeout (1 s),
 //!   so a dead or frozen server gives [`LockError::Connection`] in bounded
 //!   time, never a hang.
-//! - **Renewal** is lock-api's: `guard.auto_renew()` extends at ttl/3 and
+//! - **Renewal** is distlock-api's: `guard.auto_renew()` extends at ttl/3 and
 //!   marks the guard lost when the lock is found taken, or when the server
 //!   stays unreachable past the guard's validity.
 //!
@@ -94,8 +94,8 @@
 //! master of a cluster. For what [`Redlock`] guarantees, and where that
 //! breaks, see its docs.
 //!
-//! [`LockError::Lost`]: lock_api::LockError::Lost
-//! [`LockError::Connection`]: lock_api::LockError::Connection
+//! [`LockError::Lost`]: distlock_api::LockError::Lost
+//! [`LockError::Connection`]: distlock_api::LockError::Connection
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -116,5 +116,5 @@ pub use lock::{REDIS_MAX_TTL, RedisLease, RedisLock};
 pub use options::{DEFAULT_PREFIX, RedisLockOptions};
 pub use redlock::{Redlock, RedlockLease};
 
-pub use lock_api;
+pub use distlock_api;
 pub use redis;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lock_api::{Backoff, LockError, WakeHub};
+use distlock_api::{Backoff, LockError, WakeHub};
 use redis::aio::PubSubStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 

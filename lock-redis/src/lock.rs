@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, Wakeup};
+use distlock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, Wakeup};
 use tokio_util::sync::DropGuard;
 
 use crate::connection::RedisConnection;
@@ -26,7 +26,7 @@ pub const REDIS_MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60)
 /// Cheap to clone: clones share one multiplexed, auto-reconnecting
 /// connection (concurrent operations pipeline on it) and, with wake-ups on,
 /// one subscriber connection. Implements
-/// [`DistributedLock`](lock_api::DistributedLock) through
+/// [`DistributedLock`](distlock_api::DistributedLock) through
 /// [`LockBackend`]; see the [crate docs](crate) for keys, scripts and
 /// guarantees.
 ///
@@ -152,7 +152,7 @@ impl RedisLock {
             Topology::Redlock(_) => {
                 return Err(LockError::InvalidUrl(format!(
                     "{}: a redis+redlock:// URL names several independent servers; \
-                     connect to it with lock_redis::Redlock::connect",
+                     connect to it with distlock_redis::Redlock::connect",
                     crate::url::redact(url)
                 )));
             }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lock_api::LockError;
+use distlock_api::LockError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::connection::RedisConnection;

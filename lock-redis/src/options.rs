@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use lock_api::{Backoff, Drift, LockError};
+use distlock_api::{Backoff, Drift, LockError};
 
 use crate::{RedisLock, Redlock};
 
@@ -15,9 +15,9 @@ pub const DEFAULT_PREFIX: &str = "distlock:";
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lock_redis::RedisLockOptions;
+/// use distlock_redis::RedisLockOptions;
 ///
-/// # async fn demo() -> Result<(), lock_redis::lock_api::LockError> {
+/// # async fn demo() -> Result<(), distlock_redis::distlock_api::LockError> {
 /// let locks = RedisLockOptions::new()
 ///     .prefix("booking:locks:")
 ///     .connect_timeout(Duration::from_secs(2))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use lock_api::{Attempt, Backoff, Drift, Instant, Lease, LockBackend, LockError, WakeHub, Wakeup};
+use distlock_api::{Attempt, Backoff, Drift, Instant, Lease, LockBackend, LockError, WakeHub, Wakeup};
 use tokio_util::sync::DropGuard;
 
 use crate::keys::{fence_key, lock_key};
@@ -31,10 +31,10 @@ use crate::url::Topology;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lock_redis::Redlock;
-/// use lock_redis::lock_api::DistributedLock;
+/// use distlock_redis::Redlock;
+/// use distlock_redis::distlock_api::DistributedLock;
 ///
-/// # async fn demo() -> Result<(), lock_redis::lock_api::LockError> {
+/// # async fn demo() -> Result<(), distlock_redis::distlock_api::LockError> {
 /// let locks = Redlock::connect(&[
 ///     "redis://10.0.0.1:6379",
 ///     "redis://10.0.0.2:6379",
@@ -59,7 +59,7 @@ use crate::url::Topology;
 ///   validity left, `ttl − elapsed − drift` (drift = ttl × 1 % + 2 ms by
 ///   default, [`RedisLockOptions::drift`]), is positive. Otherwise — held
 ///   elsewhere, a split vote, too few nodes answering, too slow — it
-///   deletes its key wherever it may have been set, and lock-api's waiting
+///   deletes its key wherever it may have been set, and distlock-api's waiting
 ///   loop tries again after a jittered backoff (or at once, woken by a
 ///   release) until the deadline. Requests still in flight when the
 ///   outcome is decided finish in the background. Once a majority has
@@ -103,7 +103,7 @@ use crate::url::Topology;
 ///   once a majority has deleted our key.
 /// - **Errors**: when too few nodes answer for a majority to be possible,
 ///   the attempt fails with [`LockError::Connection`] naming each node's
-///   error; lock-api retries such attempts until the deadline and then
+///   error; distlock-api retries such attempts until the deadline and then
 ///   returns that error, so a majority down is reported as such, in
 ///   bounded time, not as a timeout.
 /// - **Wake-ups**: a release that finds the lock waited for publishes on

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use lock_api::LockError;
+use distlock_api::LockError;
 use redis::Value;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 

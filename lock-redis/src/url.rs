@@ -1,6 +1,6 @@
 //! Connection URLs: parsed by the driver, printed only with secrets removed.
 
-use lock_api::LockError;
+use distlock_api::LockError;
 
 /// `url` with any password replaced by `***`, for `Debug`, logs and errors.
 ///
@@ -140,7 +140,7 @@ pub(crate) fn client(
     open(url, root_certificate).map_err(|err| {
         let hint =
             if scheme == Some("rediss") && err.kind() == redis::ErrorKind::InvalidClientConfig {
-                " (rediss:// needs TLS support: enable lock-redis' `tls` feature)"
+                " (rediss:// needs TLS support: enable distlock-redis' `tls` feature)"
             } else {
                 ""
             };

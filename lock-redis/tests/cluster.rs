@@ -1,4 +1,4 @@
-//! RedisLock on a real 3-master Redis Cluster: the lock-api conformance
+//! RedisLock on a real 3-master Redis Cluster: the distlock-api conformance
 //! suite, names spread over every master, connecting by seeds or URL,
 //! wake-ups across nodes, a slot moved under a held lock (`MOVED`), a master
 //! down, and a master failed over to its replica.
@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::conformance::Fixture;
-use lock_api::{Backoff, DistributedLock, LockError};
-use lock_redis::{RedisLock, RedisLockOptions};
-use lock_testkit::{History, LinkProxy, RedisCluster, RedisClusterOptions};
+use distlock_api::conformance::Fixture;
+use distlock_api::{Backoff, DistributedLock, LockError};
+use distlock_redis::{RedisLock, RedisLockOptions};
+use distlock_testkit::{History, LinkProxy, RedisCluster, RedisClusterOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 const LIMIT: Duration = Duration::from_secs(20);
@@ -30,7 +30,7 @@ async fn fixture() -> Fixture {
 }
 
 mod conformance {
-    lock_api::conformance_tests!(super::fixture);
+    distlock_api::conformance_tests!(super::fixture);
 }
 
 fn unique(name: &str) -> String {
@@ -390,7 +390,7 @@ impl ProxiedCluster {
 
     /// The master that owns `key`'s slot (the one that answers for it
     /// rather than redirecting), and its proxy.
-    fn owner(&self, key: &str) -> (&lock_testkit::RedisServer, &LinkProxy) {
+    fn owner(&self, key: &str) -> (&distlock_testkit::RedisServer, &LinkProxy) {
         let i = self
             .cluster
             .masters()
@@ -407,7 +407,7 @@ impl ProxiedCluster {
 }
 
 /// A connection straight to one node, past any proxy.
-fn direct(server: &lock_testkit::RedisServer) -> redis::Connection {
+fn direct(server: &distlock_testkit::RedisServer) -> redis::Connection {
     redis::Client::open(server.url())
         .expect("url")
         .get_connection()
@@ -418,7 +418,7 @@ fn direct(server: &lock_testkit::RedisServer) -> redis::Connection {
 /// value; bounded. There is no event to await: the server changes the key
 /// while the proxy still holds the reply back.
 async fn wait_for_value(
-    server: &lock_testkit::RedisServer,
+    server: &distlock_testkit::RedisServer,
     key: &str,
     done: impl Fn(Option<&str>) -> bool + Send + 'static,
 ) {
@@ -556,7 +556,7 @@ async fn a_retried_release_after_a_lost_reply_is_not_a_false_lost() {
 async fn a_cluster_with_an_evicting_policy_is_refused() {
     let cluster = RedisCluster::start_with(
         RedisClusterOptions::new().node_options(
-            lock_testkit::RedisOptions::new()
+            distlock_testkit::RedisOptions::new()
                 .config("maxmemory", "100mb")
                 .config("maxmemory-policy", "volatile-lru"),
         ),

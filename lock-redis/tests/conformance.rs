@@ -1,12 +1,12 @@
-//! The lock-api conformance suite against a real redis-server.
+//! The distlock-api conformance suite against a real redis-server.
 
 use std::sync::Arc;
 
-use lock_api::conformance::Fixture;
-use lock_redis::RedisLock;
+use distlock_api::conformance::Fixture;
+use distlock_redis::RedisLock;
 
 async fn redis() -> Fixture {
-    let url = lock_testkit::redis_url().expect("a redis-server for the tests");
+    let url = distlock_testkit::redis_url().expect("a redis-server for the tests");
     let lock = RedisLock::connect(&url).await.expect("connect");
     let other = RedisLock::connect(&url)
         .await
@@ -14,4 +14,4 @@ async fn redis() -> Fixture {
     Fixture::new(Arc::new(lock), Arc::new(other))
 }
 
-lock_api::conformance_tests!(redis);
+distlock_api::conformance_tests!(redis);

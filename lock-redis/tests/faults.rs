@@ -4,9 +4,9 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use lock_api::{DistributedLock, LockError};
-use lock_redis::{RedisLock, redis};
-use lock_testkit::{LinkProxy, RedisServer};
+use distlock_api::{DistributedLock, LockError};
+use distlock_redis::{RedisLock, redis};
+use distlock_testkit::{LinkProxy, RedisServer};
 
 const TTL: Duration = Duration::from_secs(30);
 /// How late a bounded failure may come beyond its configured timeout on a
@@ -213,7 +213,7 @@ async fn a_frozen_server_times_out_cleanly_and_work_resumes() {
 
 #[tokio::test]
 async fn script_flush_between_calls_is_harmless() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
     let mut raw = locks.connection().await.expect("a connection of our own");
     let flush = || redis::cmd("SCRIPT").arg("FLUSH").clone();
@@ -245,7 +245,7 @@ async fn script_flush_between_calls_is_harmless() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_notices_a_lock_taken_over() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
     let ttl = Duration::from_millis(900);
     let mut guard = locks

@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
-use lock_api::{DistributedLock, LockError};
-use lock_redis::{RedisLock, redis};
-use lock_testkit::{RedisOptions, RedisServer};
+use distlock_api::{DistributedLock, LockError};
+use distlock_redis::{RedisLock, redis};
+use distlock_testkit::{RedisOptions, RedisServer};
 
 const TTL: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn special_characters_are_just_names() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
     let mut raw = locks.connection().await.expect("a connection of our own");
     let sentinel = format!("sentinel:{}", rand_suffix());
@@ -84,7 +84,7 @@ async fn the_lock_and_its_counter_share_a_cluster_slot() {
     let cluster_node =
         RedisServer::start_with(RedisOptions::new().config("cluster-enabled", "yes"))
             .expect("redis-server in cluster mode");
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
     let mut raw = locks.connection().await.expect("a connection of our own");
     let node = redis::Client::open(cluster_node.url()).expect("url");
@@ -124,7 +124,7 @@ async fn the_lock_and_its_counter_share_a_cluster_slot() {
 
 #[tokio::test]
 async fn prefixes_separate_lock_spaces() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let app_a = RedisLock::options()
         .prefix("app-a:")
         .connect(&url)
@@ -162,7 +162,7 @@ async fn bad_urls_and_options_are_typed_errors() {
         let err = RedisLock::connect(url).await.expect_err(url);
         assert!(matches!(err, LockError::InvalidUrl(_)), "{url:?}: {err:?}");
     }
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let err = RedisLock::options()
         .prefix("{app}:")
         .connect(&url)
@@ -276,7 +276,7 @@ async fn select_on_the_user_connection_leaves_the_locks_where_they_are() {
         .query_async(&mut raw)
         .await
         .expect("SELECT 5");
-    let history = lock_testkit::History::new();
+    let history = distlock_testkit::History::new();
     let name = "select:moved";
     let first = history
         .try_acquire(0, &locks, name, TTL)

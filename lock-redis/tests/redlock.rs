@@ -1,14 +1,14 @@
-//! Redlock over 3 and 5 real, independent redis-servers: the lock-api
+//! Redlock over 3 and 5 real, independent redis-servers: the distlock-api
 //! conformance suite, and what a quorum must survive — a minority down, a
 //! majority down, a node restarted empty — plus the input it refuses.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_api::conformance::{Config, Fixture};
-use lock_api::{DistributedLock, LockError};
-use lock_redis::{RedisLock, Redlock};
-use lock_testkit::RedisServer;
+use distlock_api::conformance::{Config, Fixture};
+use distlock_api::{DistributedLock, LockError};
+use distlock_redis::{RedisLock, Redlock};
+use distlock_testkit::RedisServer;
 
 /// `n` independent throwaway servers.
 fn servers(n: usize) -> Vec<RedisServer> {
@@ -36,11 +36,11 @@ async fn fixture(n: usize) -> Fixture {
 }
 
 mod three_nodes {
-    lock_api::conformance_tests!(|| super::fixture(3));
+    distlock_api::conformance_tests!(|| super::fixture(3));
 }
 
 mod five_nodes {
-    lock_api::conformance_tests!(|| super::fixture(5));
+    distlock_api::conformance_tests!(|| super::fixture(5));
 }
 
 const TTL: Duration = Duration::from_secs(5);
@@ -266,7 +266,7 @@ async fn an_expired_lease_is_not_revived_by_extend() {
 async fn a_paused_minority_does_not_hold_up_any_step() {
     let mut nodes = servers(3);
     // Waiting for the paused node would take its 10 s response timeout.
-    let locks = lock_redis::RedisLockOptions::new()
+    let locks = distlock_redis::RedisLockOptions::new()
         .response_timeout(Duration::from_secs(10))
         .connect_redlock(&urls(&nodes))
         .await
@@ -427,7 +427,7 @@ async fn one_server_under_two_addresses_is_invalid_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_node_that_is_a_listed_server_never_votes() {
     let mut nodes = servers(2);
-    let proxy = lock_testkit::LinkProxy::start(nodes[0].addr()).expect("proxy");
+    let proxy = distlock_testkit::LinkProxy::start(nodes[0].addr()).expect("proxy");
     proxy.cut().expect("down at connect");
     let list = vec![
         nodes[0].url(),

@@ -4,9 +4,9 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use lock_api::{DistributedLock, LockError};
-use lock_redis::RedisLock;
-use lock_testkit::{
+use distlock_api::{DistributedLock, LockError};
+use distlock_redis::RedisLock;
+use distlock_testkit::{
     RedisCluster, RedisClusterOptions, RedisOptions, RedisServer, TestCertificates,
 };
 

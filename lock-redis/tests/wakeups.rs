@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use lock_api::{Backoff, DistributedLock};
-use lock_redis::RedisLock;
-use lock_testkit::RedisServer;
+use distlock_api::{Backoff, DistributedLock};
+use distlock_redis::RedisLock;
+use distlock_testkit::RedisServer;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -30,7 +30,7 @@ async fn holder_and_waiter(url: &str) -> (RedisLock, RedisLock) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_another_client_wakes_the_waiter() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let (holder, waiter) = holder_and_waiter(&url).await;
     let guard = holder
         .acquire("wake", TTL, Duration::ZERO)
@@ -53,7 +53,7 @@ async fn a_release_on_another_client_wakes_the_waiter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_is_noticed_without_a_wakeup() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let (holder, waiter) = holder_and_waiter(&url).await;
     let guard = holder
         .acquire("expire", Duration::from_millis(300), Duration::ZERO)
@@ -116,7 +116,7 @@ async fn waiters_are_woken_after_the_subscriber_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_wakeups_waiting_falls_back_to_backoff() {
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let holder = RedisLock::options()
         .wake_on_release(false)
         .connect(&url)
@@ -145,9 +145,9 @@ async fn without_wakeups_waiting_falls_back_to_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_release_someone_waited_for_is_published() {
     use futures::StreamExt;
-    let url = lock_testkit::redis_url().expect("redis");
+    let url = distlock_testkit::redis_url().expect("redis");
     let locks = RedisLock::connect(&url).await.expect("connect");
-    let client = lock_redis::redis::Client::open(url.as_str()).expect("url");
+    let client = distlock_redis::redis::Client::open(url.as_str()).expect("url");
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub
         .subscribe("distlock:released")

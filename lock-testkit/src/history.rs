@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use lock_api::{DistributedLock, Instant, LockError, LockGuard};
+use distlock_api::{DistributedLock, Instant, LockError, LockGuard};
 
 /// The outcome of one recorded call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -403,7 +403,7 @@ impl fmt::Display for Report {
 /// # Model
 ///
 /// Every client records, for each acquisition, on one monotonic clock
-/// ([`lock_api::Instant`], the clock of [`LockGuard::valid_until`]):
+/// ([`distlock_api::Instant`], the clock of [`LockGuard::valid_until`]):
 /// the name, when the acquire was invoked and when it completed, its outcome
 /// ([`Outcome::Ok`], [`Outcome::Failed`] or [`Outcome::Unknown`]), the fencing
 /// token, when the release was invoked and completed and its outcome, and the
@@ -440,11 +440,11 @@ impl fmt::Display for Report {
 ///
 /// ```
 /// use std::time::Duration;
-/// use lock_api::MemoryLock;
-/// use lock_testkit::History;
+/// use distlock_api::MemoryLock;
+/// use distlock_testkit::History;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lock_api::LockError> {
+/// # async fn main() -> Result<(), distlock_api::LockError> {
 /// let locks = MemoryLock::new();
 /// let history = History::new();
 /// let ttl = Duration::from_secs(5);
@@ -942,7 +942,7 @@ impl fmt::Display for SeatWrite {
 /// ([`Violation::FenceNotIncreasing`]).
 ///
 /// ```
-/// use lock_testkit::{SeatAction, SeatWrite, check_seat_log};
+/// use distlock_testkit::{SeatAction, SeatWrite, check_seat_log};
 ///
 /// let write = |seq, fence, action| SeatWrite {
 ///     seq, ticket_id: 7, action, holder: format!("client-{fence}"), fence,

@@ -13,12 +13,12 @@
 //! second (PostgreSQL).
 //!
 //! ```no_run
-//! use lock_testkit::{PgServer, RedisServer};
+//! use distlock_testkit::{PgServer, RedisServer};
 //!
-//! # fn main() -> Result<(), lock_testkit::TestkitError> {
+//! # fn main() -> Result<(), distlock_testkit::TestkitError> {
 //! // Most tests just need a server: one per process, each test its own database.
-//! let redis_url = lock_testkit::redis_url()?;
-//! let database_url = lock_testkit::database_url()?;
+//! let redis_url = distlock_testkit::redis_url()?;
+//! let database_url = distlock_testkit::database_url()?;
 //!
 //! // Fault injection needs a server of one's own.
 //! let mut redis = RedisServer::start()?;

@@ -71,9 +71,9 @@ pub enum LinkState {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lock_testkit::{LinkProxy, RedisServer};
+/// use distlock_testkit::{LinkProxy, RedisServer};
 ///
-/// # fn main() -> Result<(), lock_testkit::TestkitError> {
+/// # fn main() -> Result<(), distlock_testkit::TestkitError> {
 /// let redis = RedisServer::start()?;
 /// let link = LinkProxy::start(redis.addr())?;
 /// let url = format!("redis://127.0.0.1:{}/", link.port()); // give this to the client

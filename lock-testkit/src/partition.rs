@@ -47,9 +47,9 @@ const CHAIN_PREFIX: &str = "dl";
 /// stop working.
 ///
 /// ```no_run
-/// use lock_testkit::{AliasPort, Partition, RedisServer};
+/// use distlock_testkit::{AliasPort, Partition, RedisServer};
 ///
-/// # fn main() -> Result<(), lock_testkit::TestkitError> {
+/// # fn main() -> Result<(), distlock_testkit::TestkitError> {
 /// let redis = RedisServer::start()?;
 /// let alias = AliasPort::new(redis.port())?;
 /// let victim_url = format!("redis://127.0.0.1:{}/", alias.port());
@@ -343,7 +343,7 @@ impl Drop for Chain {
         };
         let name = chain.name.clone();
         if let Err(err) = chain.remove() {
-            eprintln!("lock-testkit: could not remove iptables chain {name}: {err}");
+            eprintln!("distlock-testkit: could not remove iptables chain {name}: {err}");
         }
     }
 }

@@ -121,9 +121,9 @@ impl PgBouncerOptions {
 /// process dies, the kernel kills it (`PR_SET_PDEATHSIG`).
 ///
 /// ```no_run
-/// use lock_testkit::{PgBouncer, PgBouncerOptions, PgServer, PoolMode};
+/// use distlock_testkit::{PgBouncer, PgBouncerOptions, PgServer, PoolMode};
 ///
-/// # fn main() -> Result<(), lock_testkit::TestkitError> {
+/// # fn main() -> Result<(), distlock_testkit::TestkitError> {
 /// let pg = PgServer::start()?;
 /// let bouncer = PgBouncer::start(&pg, PgBouncerOptions::new().pool_mode(PoolMode::Transaction))?;
 /// let url = bouncer.url_for("postgres"); // connect clients here instead of pg.url()

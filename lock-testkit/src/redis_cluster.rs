@@ -197,9 +197,9 @@ impl RedisClusterOptions {
 /// Dropping the cluster kills every node and removes their directories.
 ///
 /// ```no_run
-/// use lock_testkit::RedisCluster;
+/// use distlock_testkit::RedisCluster;
 ///
-/// # fn main() -> Result<(), lock_testkit::TestkitError> {
+/// # fn main() -> Result<(), distlock_testkit::TestkitError> {
 /// let mut cluster = RedisCluster::start()?;
 /// let url = cluster.cluster_url(); // redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/
 /// let slot = RedisCluster::key_slot("distlock:{ticket:42}");
@@ -524,7 +524,7 @@ impl RedisCluster {
     /// the first `{` and the first `}` after it when that part is not empty.
     ///
     /// ```
-    /// use lock_testkit::RedisCluster;
+    /// use distlock_testkit::RedisCluster;
     ///
     /// assert_eq!(RedisCluster::key_slot("foo"), 12182);
     /// assert_eq!(

@@ -55,10 +55,10 @@ pub(crate) fn spawn_owned(mut command: Command, death_signal: libc::c_int) -> io
     });
     spawner()?
         .send(job)
-        .map_err(|_| io::Error::other("the lock-testkit spawner thread is gone"))?;
+        .map_err(|_| io::Error::other("the distlock-testkit spawner thread is gone"))?;
     reply_rx
         .recv()
-        .map_err(|_| io::Error::other("the lock-testkit spawner thread dropped a spawn request"))?
+        .map_err(|_| io::Error::other("the distlock-testkit spawner thread dropped a spawn request"))?
 }
 
 fn spawner() -> io::Result<&'static Sender<Job>> {
@@ -81,7 +81,7 @@ fn spawner() -> io::Result<&'static Sender<Job>> {
         .as_ref()
         .map_err(|e| {
             io::Error::other(format!(
-                "could not start the lock-testkit spawner thread: {e}"
+                "could not start the distlock-testkit spawner thread: {e}"
             ))
         })
 }

@@ -28,9 +28,9 @@ const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`ca_cert`](Self::ca_cert) as `sslrootcert`) as the only trusted root:
 ///
 /// ```no_run
-/// use lock_testkit::{PgOptions, PgServer, TestCertificates};
+/// use distlock_testkit::{PgOptions, PgServer, TestCertificates};
 ///
-/// # fn main() -> Result<(), lock_testkit::TestkitError> {
+/// # fn main() -> Result<(), distlock_testkit::TestkitError> {
 /// let certs = TestCertificates::generate()?;
 /// let server = PgServer::start_with(
 ///     PgOptions::new()

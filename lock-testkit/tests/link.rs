@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lock_testkit::{LinkProxy, LinkState, RedisServer};
+use distlock_testkit::{LinkProxy, LinkState, RedisServer};
 
 /// Bounds every wait for something that should happen (a reply, a reset).
 const PATIENCE: Duration = Duration::from_secs(2);

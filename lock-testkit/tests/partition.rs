@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lock_testkit::{AliasPort, Partition};
+use distlock_testkit::{AliasPort, Partition};
 
 /// How long a read waits before the exchange counts as stalled.
 const STALL: Duration = Duration::from_millis(300);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::redis_command;
-use lock_testkit::{
+use distlock_testkit::{
     RedisCluster, RedisClusterOptions, RedisServer, TestkitError, process_is_alive,
 };
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::redis_command;
-use lock_testkit::{
+use distlock_testkit::{
     PgOptions, PgServer, RedisOptions, RedisServer, TestkitError, process_is_alive,
 };
 
@@ -195,7 +195,7 @@ fn shared_redis_is_started_once() {
     let second = RedisServer::shared().expect("shared redis");
     assert!(std::ptr::eq(first, second));
     assert_pong(first);
-    let url = lock_testkit::redis_url().expect("redis url");
+    let url = distlock_testkit::redis_url().expect("redis url");
     if std::env::var_os("REDIS_URL").is_none() {
         assert_eq!(url, first.url());
     }
@@ -366,8 +366,8 @@ fn shared_postgres_gives_each_caller_its_own_database() {
     let second = PgServer::shared().expect("shared postgres");
     assert!(std::ptr::eq(first, second));
     assert_eq!(first.psql("SHOW max_connections").expect("SHOW"), "200");
-    let one = lock_testkit::database_url().expect("database url");
-    let two = lock_testkit::database_url().expect("database url");
+    let one = distlock_testkit::database_url().expect("database url");
+    let two = distlock_testkit::database_url().expect("database url");
     if std::env::var_os("DATABASE_URL").is_none() {
         assert_ne!(one, two);
         let prefix = format!("postgres://postgres@127.0.0.1:{}/", first.port());

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_api::{DistributedLock, Instant};
-use lock_testkit::{AliasPort, History, Outcome, Partition, Report};
+use distlock_api::{DistributedLock, Instant};
+use distlock_testkit::{AliasPort, History, Outcome, Partition, Report};
 use rand::Rng as _;
 
 /// What the nemesis is told.
@@ -134,7 +134,7 @@ where
                     let mut held = match within(plan.call_limit, "an acquire", acquire).await {
                         Ok(held) => held,
                         Err(err) => {
-                            if !matches!(err, lock_api::LockError::Timeout) {
+                            if !matches!(err, distlock_api::LockError::Timeout) {
                                 errors.fetch_add(1, Ordering::Relaxed);
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -26,15 +26,15 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use lock_api::MemoryLock;
-//! use lock_api::conformance::{Config, Fixture};
+//! use distlock_api::MemoryLock;
+//! use distlock_api::conformance::{Config, Fixture};
 //!
 //! async fn memory() -> Fixture {
 //!     let locks = MemoryLock::new();
 //!     Fixture::new(Arc::new(locks.clone()), Arc::new(locks)).with_config(Config::default())
 //! }
 //!
-//! lock_api::conformance_tests!(memory);
+//! distlock_api::conformance_tests!(memory);
 //! # fn main() {}
 //! ```
 //!
@@ -43,8 +43,8 @@
 //! as the test:
 //!
 //! ```ignore
-//! lock_api::conformance_tests!(|| async {
-//!     let server = lock_testkit::RedisServer::start().expect("redis-server");
+//! distlock_api::conformance_tests!(|| async {
+//!     let server = distlock_testkit::RedisServer::start().expect("redis-server");
 //!     let lock = RedisLock::connect(&server.url()).await.expect("connect");
 //!     let other = RedisLock::connect(&server.url()).await.expect("connect");
 //!     Fixture::new(Arc::new(lock), Arc::new(other))
@@ -122,7 +122,7 @@ pub use waiting::{
 ///
 /// ```
 /// use std::time::Duration;
-/// use lock_api::conformance::Config;
+/// use distlock_api::conformance::Config;
 ///
 /// let config = Config { short_ttl: Duration::from_millis(500), ..Config::default() };
 /// assert!(config.ttl_enforced_by_server);
@@ -348,12 +348,12 @@ pub mod __macro_support {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use lock_api::{DistributedLock, MemoryLock};
-/// use lock_api::conformance::Config;
+/// use distlock_api::{DistributedLock, MemoryLock};
+/// use distlock_api::conformance::Config;
 ///
 /// mod memory {
 ///     use super::*;
-///     lock_api::conformance_tests!(|| async {
+///     distlock_api::conformance_tests!(|| async {
 ///         let locks = MemoryLock::new();
 ///         let lock: Arc<dyn DistributedLock> = Arc::new(locks.clone());
 ///         let other: Arc<dyn DistributedLock> = Arc::new(locks);

@@ -1,4 +1,4 @@
-//! Test doubles shared by the lock-api integration tests; each test file
+//! Test doubles shared by the distlock-api integration tests; each test file
 //! uses part of them.
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_api::{Attempt, Backoff, Lease, LockBackend, LockError, MemoryLease, MemoryLock, Wakeup};
+use distlock_api::{Attempt, Backoff, Lease, LockBackend, LockError, MemoryLease, MemoryLock, Wakeup};
 
 pub(crate) const BOUND: Duration = Duration::from_secs(10);
 
@@ -226,7 +226,7 @@ impl Lease for SlowAnswerLease {
 /// Cancels `guard.release()` right after the server has carried it out,
 /// before its answer arrives; then lets the answer through and waits until
 /// the guard machinery has let go of the lease (its release reported).
-pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: lock_api::LockGuard) {
+pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: distlock_api::LockGuard) {
     let release = guard.release();
     tokio::select! {
         biased;

@@ -1,4 +1,4 @@
-//! What the integration tests share: databases from lock-testkit, clients
+//! What the integration tests share: databases from distlock-testkit, clients
 //! with a recognisable application name, and queries that look at the
 //! server's view of our sessions and locks.
 #![allow(dead_code, unreachable_pub)]
@@ -6,12 +6,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lock_postgres::sqlx::{self, Connection, PgConnection};
-use lock_postgres::{PgAdvisoryLock, PgLockOptions};
+use distlock_postgres::sqlx::{self, Connection, PgConnection};
+use distlock_postgres::{PgAdvisoryLock, PgLockOptions};
 
 /// A fresh database on the shared test server (or `$DATABASE_URL`).
 pub async fn database_url() -> String {
-    tokio::task::spawn_blocking(lock_testkit::database_url)
+    tokio::task::spawn_blocking(distlock_testkit::database_url)
         .await
         .expect("the testkit task")
         .expect("a PostgreSQL database for the tests")

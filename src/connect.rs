@@ -134,7 +134,9 @@ async fn connect_redlock(_url: &str) -> Result<Arc<dyn DistributedLock>, LockErr
 
 #[cfg(feature = "postgres")]
 async fn connect_postgres(url: &str) -> Result<Arc<dyn DistributedLock>, LockError> {
-    Ok(Arc::new(distlock_postgres::PgAdvisoryLock::connect(url).await?))
+    Ok(Arc::new(
+        distlock_postgres::PgAdvisoryLock::connect(url).await?,
+    ))
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -6,175 +6,20 @@
 
 mod workload;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use distlock_api::{
-    Attempt, DistributedLock, Instant, Lease, LockBackend, LockError, MemoryLock, WakeHub, Wakeup,
-};
+use distlock_api::conformance::broken::{BrokenStore, Flaw};
+use distlock_api::{DistributedLock, Instant, MemoryLock};
 use distlock_testkit::{History, Note, Outcome, SeatAction, SeatWrite, Violation, check_seat_log};
 use workload::{Workload, within};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-// ---------------------------------------------------------------------------
-// A backend with one deliberate flaw.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flaw {
-    /// None: a correct backend, to show the harness passes it.
-    None,
-    /// `try_lock` always grants.
-    AlwaysGrants,
-    /// Each client counts fencing tokens on its own.
-    TokensPerClient,
-    /// The server keeps a lock for a twentieth of the TTL it promised.
-    ExpiresEarly,
-    /// `release` deletes whoever holds the name (a plain `DEL`).
-    ReleaseWithoutTokenCheck,
-}
-
-#[derive(Default)]
-struct Store {
-    entries: Mutex<HashMap<String, Entry>>,
-    next_holder: AtomicU64,
-    wakeups: WakeHub,
-}
-
-#[derive(Default)]
-struct Entry {
-    fence: u64,
-    holder: Option<(u64, Instant)>,
-}
-
-impl Entry {
-    fn live(&self, now: Instant) -> Option<u64> {
-        self.holder
-            .filter(|&(_, expires)| expires > now)
-            .map(|(id, _)| id)
-    }
-}
-
-struct Broken {
-    store: Arc<Store>,
-    flaw: Flaw,
-    own_fence: AtomicU64,
-}
-
-/// A maker of clients of one new store with `flaw`.
+/// A maker of clients of one new broken store with `flaw`.
 fn broken(flaw: Flaw) -> impl Fn() -> Arc<dyn DistributedLock> {
-    let store = Arc::new(Store::default());
-    move || {
-        Arc::new(Broken {
-            store: Arc::clone(&store),
-            flaw,
-            own_fence: AtomicU64::new(0),
-        })
-    }
-}
-
-#[async_trait]
-impl LockBackend for Broken {
-    type Lease = BrokenLease;
-
-    fn kind(&self) -> &'static str {
-        "broken"
-    }
-
-    fn max_ttl(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<BrokenLease>, LockError> {
-        let now = Instant::now();
-        let mut entries = self
-            .store
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.entry(name.to_owned()).or_default();
-        if self.flaw != Flaw::AlwaysGrants && entry.live(now).is_some() {
-            return Ok(Attempt::Held { retry_after: None });
-        }
-        let id = self.store.next_holder.fetch_add(1, Ordering::Relaxed);
-        entry.fence += 1;
-        let fencing_token = if self.flaw == Flaw::TokensPerClient {
-            self.own_fence.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            entry.fence
-        };
-        let kept = if self.flaw == Flaw::ExpiresEarly {
-            ttl / 20
-        } else {
-            ttl
-        };
-        entry.holder = Some((id, now + kept));
-        Ok(Attempt::Acquired {
-            lease: BrokenLease {
-                store: Arc::clone(&self.store),
-                flaw: self.flaw,
-                name: name.to_owned(),
-                id,
-            },
-            fencing_token,
-        })
-    }
-
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        Some(self.store.wakeups.subscribe(name))
-    }
-}
-
-struct BrokenLease {
-    store: Arc<Store>,
-    flaw: Flaw,
-    name: String,
-    id: u64,
-}
-
-#[async_trait]
-impl Lease for BrokenLease {
-    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
-        let now = Instant::now();
-        let mut entries = self
-            .store
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.entry(self.name.clone()).or_default();
-        if entry.live(now) != Some(self.id) {
-            return Err(LockError::Lost);
-        }
-        let kept = if self.flaw == Flaw::ExpiresEarly {
-            ttl / 20
-        } else {
-            ttl
-        };
-        entry.holder = Some((self.id, now + kept));
-        Ok(())
-    }
-
-    async fn release(&mut self) -> Result<(), LockError> {
-        let now = Instant::now();
-        let mut entries = self
-            .store
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.entry(self.name.clone()).or_default();
-        let ours = entry.live(now) == Some(self.id);
-        if ours || (self.flaw == Flaw::ReleaseWithoutTokenCheck && entry.holder.is_some()) {
-            entry.holder = None;
-            drop(entries);
-            self.store.wakeups.notify(&self.name);
-            Ok(())
-        } else {
-            Err(LockError::Lost)
-        }
-    }
+    let store = BrokenStore::new(flaw);
+    move || Arc::new(store.client())
 }
 
 // ---------------------------------------------------------------------------
@@ -462,7 +307,7 @@ async fn the_workload_passes_on_correct_locks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_that_always_grants_is_caught_in_the_history_and_the_seats() {
-    let (report, _) = run_on(broken(Flaw::AlwaysGrants)()).await;
+    let (report, _) = run_on(broken(Flaw::NoMutualExclusion)()).await;
     assert!(report.overlaps().count() > 0, "{report}");
     assert!(
         report
@@ -477,7 +322,7 @@ async fn a_lock_that_always_grants_is_caught_in_the_history_and_the_seats() {
 async fn fencing_tokens_counted_per_client_are_caught() {
     // Each client is its own `Broken` over one store, as separate processes
     // would be.
-    let client = broken(Flaw::TokensPerClient);
+    let client = broken(Flaw::FencingTokenPerClient);
     let history = History::new();
     let ttl = Duration::from_secs(10);
     let (a, b) = (client(), client());

@@ -17,7 +17,6 @@
 mod nemesis;
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -581,7 +580,7 @@ async fn a_pool_exhausted_by_held_locks_fails_clearly_and_leaks_nothing() {
                     Err(LockError::Timeout) => history.acquire_failed(op),
                     Err(err) => {
                         let details = err
-                            .source()
+                            .get_ref()
                             .and_then(|s| s.downcast_ref::<PoolExhausted>())
                             .unwrap_or_else(|| panic!("not a pool exhaustion: {err}"));
                         assert_eq!(details.max_connections, POOL);

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use distlock::redis::{RedisLock, redis};
 use distlock_api::{DistributedLock, Instant};
-use distlock_testkit::{Held, History, Outcome, RedisOptions, RedisServer, SeatAction, check_seat_log};
+use distlock_testkit::{
+    Held, History, Outcome, RedisOptions, RedisServer, SeatAction, check_seat_log,
+};
 use workload::{SeatStore, Workload, within};
 
 const TTL: Duration = Duration::from_secs(10);

@@ -12,7 +12,8 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Drift, Lease, LockError, observe, validate_ttl};
+use crate::backend::Lease;
+use crate::{Drift, LockError, observe, validate_ttl};
 
 /// Proof that this process holds a lock, until [`release`](LockGuard::release),
 /// drop, or loss.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use distlock_api::{DistributedLock, DistributedLockExt, Instant, LockBackend, LockError, MemoryLock};
+use distlock_api::{
+    DistributedLock, DistributedLockExt, Instant, LockBackend, LockError, MemoryLock,
+};
 
 mod support;
 use support::*;

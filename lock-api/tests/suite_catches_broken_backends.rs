@@ -1,200 +1,22 @@
 //! The suite is only worth something if it fails broken backends. Each test
-//! here builds a backend with one deliberate flaw on the public
-//! `LockBackend` / `Lease` interface, runs the check meant to catch that
+//! here takes the deliberately broken lock of `conformance::broken` with one
+//! flaw, runs the check meant to catch that
 //! flaw, and asserts that it panics — and that the same check passes on
 //! `MemoryLock` and on the same backend without the flaw, so the failure is
 //! the flaw's and not the test's.
 #![cfg(feature = "conformance")]
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use distlock_api::conformance::broken::{BrokenStore, Flaw};
 use distlock_api::conformance::{self, Config};
-use distlock_api::{
-    Attempt, DistributedLock, Instant, Lease, LockBackend, LockError, MemoryLock, WakeHub, Wakeup,
-};
+use distlock_api::{DistributedLock, MemoryLock};
 
-/// The one thing wrong with a [`Flawed`] backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flaw {
-    /// Nothing: a correct backend, to show the harness itself passes.
-    None,
-    /// `release` deletes whoever holds the name (a plain `DEL`).
-    ReleaseWithoutTokenCheck,
-    /// `extend` extends whoever holds the name (a plain `PEXPIRE`).
-    ExtendWithoutTokenCheck,
-    /// Each client counts fencing tokens on its own.
-    FencingTokenPerClient,
-    /// `try_lock` always grants.
-    NoMutualExclusion,
-    /// `extend` says Ok and changes nothing.
-    ExtendIsNoop,
-    /// Locks never expire.
-    TtlNeverExpires,
-    /// Names are cut at the first NUL, as a C string would be.
-    NamesCutAtNul,
-    /// `try_lock` takes the lock, then awaits before it hands over the
-    /// lease; dropped there, the lock stays behind until its TTL.
-    NotCancelSafe,
-}
-
-#[derive(Default)]
-struct Store {
-    entries: Mutex<HashMap<String, Entry>>,
-    next_holder: AtomicU64,
-    wakeups: WakeHub,
-}
-
-#[derive(Default)]
-struct Entry {
-    fence: u64,
-    holder: Option<(u64, Instant)>,
-}
-
-impl Entry {
-    fn live(&self, now: Instant, flaw: Flaw) -> Option<u64> {
-        self.holder
-            .filter(|&(_, expires)| flaw == Flaw::TtlNeverExpires || expires > now)
-            .map(|(id, _)| id)
-    }
-}
-
-impl Store {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// One client of a [`Store`] with a [`Flaw`].
-struct Flawed {
-    store: Arc<Store>,
-    flaw: Flaw,
-    /// This client's own fencing counter, for [`Flaw::FencingTokenPerClient`].
-    own_fence: AtomicU64,
-}
-
-/// Two clients of one new store.
+/// Two clients of one new broken store.
 fn clients(flaw: Flaw) -> (Arc<dyn DistributedLock>, Arc<dyn DistributedLock>) {
-    let store = Arc::new(Store::default());
-    let client = || Flawed {
-        store: Arc::clone(&store),
-        flaw,
-        own_fence: AtomicU64::new(0),
-    };
-    (Arc::new(client()), Arc::new(client()))
-}
-
-impl Flawed {
-    fn key(&self, name: &str) -> String {
-        match (self.flaw, name.split_once('\0')) {
-            (Flaw::NamesCutAtNul, Some((before, _))) => before.to_owned(),
-            _ => name.to_owned(),
-        }
-    }
-}
-
-#[async_trait]
-impl LockBackend for Flawed {
-    type Lease = FlawedLease;
-
-    fn kind(&self) -> &'static str {
-        "flawed"
-    }
-
-    fn max_ttl(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<FlawedLease>, LockError> {
-        let key = self.key(name);
-        let granted = {
-            let now = Instant::now();
-            let mut entries = self.store.entries();
-            let entry = entries.entry(key.clone()).or_default();
-            if self.flaw != Flaw::NoMutualExclusion && entry.live(now, self.flaw).is_some() {
-                return Ok(Attempt::Held { retry_after: None });
-            }
-            let id = self.store.next_holder.fetch_add(1, Ordering::Relaxed);
-            entry.fence += 1;
-            let fencing_token = if self.flaw == Flaw::FencingTokenPerClient {
-                self.own_fence.fetch_add(1, Ordering::Relaxed) + 1
-            } else {
-                entry.fence
-            };
-            entry.holder = Some((id, now + ttl));
-            (id, fencing_token)
-        };
-        if self.flaw == Flaw::NotCancelSafe {
-            tokio::task::yield_now().await;
-        }
-        let (id, fencing_token) = granted;
-        Ok(Attempt::Acquired {
-            lease: FlawedLease {
-                store: Arc::clone(&self.store),
-                flaw: self.flaw,
-                key,
-                id,
-            },
-            fencing_token,
-        })
-    }
-
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        Some(self.store.wakeups.subscribe(&self.key(name)))
-    }
-}
-
-struct FlawedLease {
-    store: Arc<Store>,
-    flaw: Flaw,
-    key: String,
-    id: u64,
-}
-
-#[async_trait]
-impl Lease for FlawedLease {
-    async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
-        let now = Instant::now();
-        let mut entries = self.store.entries();
-        let Some(entry) = entries.get_mut(&self.key) else {
-            return Err(LockError::Lost);
-        };
-        match (entry.live(now, self.flaw), self.flaw) {
-            (Some(holder), Flaw::ExtendWithoutTokenCheck) => {
-                entry.holder = Some((holder, now + ttl));
-                Ok(())
-            }
-            (Some(holder), Flaw::ExtendIsNoop) if holder == self.id => Ok(()),
-            (Some(holder), _) if holder == self.id => {
-                entry.holder = Some((holder, now + ttl));
-                Ok(())
-            }
-            _ => Err(LockError::Lost),
-        }
-    }
-
-    async fn release(&mut self) -> Result<(), LockError> {
-        let now = Instant::now();
-        let mut entries = self.store.entries();
-        let Some(entry) = entries.get_mut(&self.key) else {
-            return Err(LockError::Lost);
-        };
-        let ours = entry.live(now, self.flaw) == Some(self.id);
-        if ours || self.flaw == Flaw::ReleaseWithoutTokenCheck {
-            entry.holder = None;
-            drop(entries);
-            self.store.wakeups.notify(&self.key);
-            Ok(())
-        } else {
-            if entry.holder.is_some_and(|(id, _)| id == self.id) {
-                entry.holder = None; // our own, expired
-            }
-            Err(LockError::Lost)
-        }
-    }
+    let store = BrokenStore::new(flaw);
+    (Arc::new(store.client()), Arc::new(store.client()))
 }
 
 /// A conformance check, as a plain function pointer over owned clients.

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock_api::{
-    Attempt, Backoff, DistributedLock, LockBackend, LockError, MemoryLease, MemoryLock, Wakeup,
-};
+use distlock_api::backend::{Attempt, AttemptContext, Backoff, LockBackend, Wakeup};
+use distlock_api::{DistributedLock, LockError, MemoryLease, MemoryLock};
 
 /// `MemoryLock` whose waiters never retry on a timer.
 #[derive(Clone, Default)]
@@ -18,6 +17,7 @@ struct WakeOnly(MemoryLock);
 
 #[async_trait]
 impl LockBackend for WakeOnly {
+    type Key = String;
     type Lease = MemoryLease;
 
     fn kind(&self) -> &'static str {
@@ -35,12 +35,21 @@ impl LockBackend for WakeOnly {
         }
     }
 
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<Self::Lease>, LockError> {
-        self.0.try_lock(name, ttl).await
+    fn key(&self, name: &str) -> Result<String, LockError> {
+        Ok(name.to_owned())
     }
 
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        self.0.subscribe(name).await
+    async fn try_lock(
+        &self,
+        name: &String,
+        ttl: Duration,
+        ctx: &AttemptContext,
+    ) -> Result<Attempt<Self::Lease>, LockError> {
+        self.0.try_lock(name, ttl, ctx).await
+    }
+
+    async fn subscribe(&self, name: &String, ctx: &AttemptContext) -> Option<Wakeup> {
+        self.0.subscribe(name, ctx).await
     }
 }
 

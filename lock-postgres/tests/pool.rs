@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -22,7 +21,7 @@ fn exhausted(err: &LockError) -> &PoolExhausted {
         "expected a Connection error, got {err}"
     );
     assert!(err.to_string().contains("pool exhausted"), "{err}");
-    err.source()
+    err.get_ref()
         .and_then(|source| source.downcast_ref::<PoolExhausted>())
         .unwrap_or_else(|| panic!("no PoolExhausted behind {err}"))
 }

@@ -27,8 +27,9 @@ const PROMPT: Duration = Duration::from_secs(1);
 async fn waiter(
     locks: &distlock_postgres::PgAdvisoryLock,
     name: &str,
-) -> tokio::task::JoinHandle<Result<(distlock_postgres::LockGuard, Instant), distlock_postgres::LockError>>
-{
+) -> tokio::task::JoinHandle<
+    Result<(distlock_postgres::LockGuard, Instant), distlock_postgres::LockError>,
+> {
     let (locks, name) = (locks.clone(), name.to_owned());
     tokio::spawn(async move {
         let guard = locks.acquire(&name, TTL, Duration::from_secs(30)).await?;

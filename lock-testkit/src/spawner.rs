@@ -56,9 +56,9 @@ pub(crate) fn spawn_owned(mut command: Command, death_signal: libc::c_int) -> io
     spawner()?
         .send(job)
         .map_err(|_| io::Error::other("the distlock-testkit spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("the distlock-testkit spawner thread dropped a spawn request"))?
+    reply_rx.recv().map_err(|_| {
+        io::Error::other("the distlock-testkit spawner thread dropped a spawn request")
+    })?
 }
 
 fn spawner() -> io::Result<&'static Sender<Job>> {

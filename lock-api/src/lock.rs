@@ -63,6 +63,13 @@ pub trait DistributedLock: Send + Sync {
     /// wait: the server may be back (a restart, a reconnect) before the
     /// deadline, so attempts go on with the same backoff.
     ///
+    /// Each attempt is told the deadline (see
+    /// [`AttemptContext`](crate::backend::AttemptContext)), so a backend
+    /// that has to wait for something of its own — PostgreSQL for a free
+    /// pooled connection — waits no longer than the caller does, and what
+    /// it then reports is what the call returns (and what its span and
+    /// metrics record).
+    ///
     /// # Errors
     ///
     /// As [`try_acquire`](DistributedLock::try_acquire), plus
@@ -120,7 +127,10 @@ pub async fn try_acquire_with<B: LockBackend>(
         .and_then(|()| validate_ttl(ttl, backend.max_ttl()))
         .and_then(|()| key_of(name))
     {
-        Ok(key) => attempt(backend, name, &key, ttl, started, &span).await,
+        Ok(key) => {
+            let ctx = AttemptContext::once();
+            attempt(backend, name, &key, ttl, started, &ctx, &span).await
+        }
         Err(err) => Err(err),
     };
     observe::acquire_finished(
@@ -165,7 +175,8 @@ pub async fn acquire_with<B: LockBackend>(
             Err(err) => break 'acquire Err(err),
         };
         if wait.is_zero() {
-            break 'acquire match attempt(backend, name, &key, ttl, started, &span).await {
+            let ctx = AttemptContext::no_wait(started);
+            break 'acquire match attempt(backend, name, &key, ttl, started, &ctx, &span).await {
                 Ok(guard) => guard.ok_or(LockError::Timeout),
                 Err(err) => Err(err),
             };
@@ -294,17 +305,18 @@ fn timed_out<B: LockBackend>(
     LockError::Timeout
 }
 
-/// One attempt, started at `started` (the guard's validity counts from it).
+/// The one attempt of `try_acquire` or of a zero wait, started at `started`
+/// (the guard's validity counts from it).
 async fn attempt<B: LockBackend>(
     backend: &B,
     name: &str,
     key: &B::Key,
     ttl: Duration,
     started: Instant,
+    ctx: &AttemptContext,
     span: &Span,
 ) -> Result<Option<LockGuard>, LockError> {
-    let ctx = AttemptContext::once();
-    let try_lock = backend.try_lock(key, ttl, &ctx);
+    let try_lock = backend.try_lock(key, ttl, ctx);
     // Inside the span, so what the backend logs belongs to this acquire;
     // not even wrapped when nobody listens (the uncontended hot path).
     let outcome = if span.is_disabled() {

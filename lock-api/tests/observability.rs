@@ -15,6 +15,27 @@ use distlock_api::{DistributedLock, LockError, MemoryLock};
 mod support;
 use support::*;
 
+/// An acquire on [`Starved`] with a 200 ms wait: it ends at the deadline
+/// with the backend's own connection error.
+async fn starved_acquire() {
+    let started = tokio::time::Instant::now();
+    let err = Starved
+        .acquire(
+            "starved",
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+        )
+        .await
+        .expect_err("never granted");
+    assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+    assert!(err.to_string().contains(STARVED), "{err}");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(200),
+        "ends at the deadline"
+    );
+}
+
 /// A current-thread runtime with a paused clock: renewal schedules run
 /// deterministically, and every task runs on the test's thread.
 fn runtime() -> tokio::runtime::Runtime {
@@ -296,24 +317,7 @@ mod tracing_output {
     /// timeout: what is recorded is what the caller gets.
     #[test]
     fn an_attempt_that_runs_into_the_deadline_reports_its_own_error() {
-        let captured = traced(|| async {
-            let started = tokio::time::Instant::now();
-            let err = Starved
-                .acquire(
-                    "starved",
-                    Duration::from_secs(5),
-                    Duration::from_millis(200),
-                )
-                .await
-                .expect_err("never granted");
-            assert!(matches!(err, LockError::Connection(_)), "{err:?}");
-            assert!(err.to_string().contains(STARVED), "{err}");
-            assert_eq!(
-                started.elapsed(),
-                Duration::from_millis(200),
-                "ends at the deadline"
-            );
-        });
+        let captured = traced(starved_acquire);
         let span = captured
             .spans
             .iter()
@@ -591,17 +595,7 @@ mod metrics_output {
 
     #[test]
     fn an_attempt_that_runs_into_the_deadline_is_counted_as_its_error() {
-        let metrics = recorded(|| async {
-            let err = Starved
-                .acquire(
-                    "starved",
-                    Duration::from_secs(5),
-                    Duration::from_millis(200),
-                )
-                .await
-                .expect_err("never granted");
-            assert!(matches!(err, LockError::Connection(_)), "{err:?}");
-        });
+        let metrics = recorded(starved_acquire);
         let starved = [("backend", "starved")];
         assert_eq!(
             counter(&metrics, "distlock_acquire_timeouts_total", &starved),

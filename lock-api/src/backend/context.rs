@@ -7,12 +7,13 @@ use tokio::time::Instant;
 /// When the caller stops waiting for the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
-    /// One attempt and no waiting (`try_acquire`, or `acquire` with a zero
-    /// wait): the backend bounds its own waits (a pool checkout, a reply)
-    /// by its own limits.
+    /// `try_acquire`: one attempt, which bounds its own waits (a pool
+    /// checkout, a reply) by the backend's own limits.
     Once,
-    /// The caller gives up at this instant: an attempt waits for nothing
-    /// of its own (a pooled connection, a session) past it.
+    /// `acquire`: the caller gives up at this instant, and an attempt waits
+    /// for nothing of its own (a pooled connection, a session) past it. For
+    /// a zero wait this is the call's start: no waiting for resources, one
+    /// complete attempt.
     At(Instant),
     /// The caller waits without limit (a `wait` too large to add to the
     /// clock, such as `Duration::MAX`).
@@ -30,6 +31,9 @@ pub enum Deadline {
 pub struct AttemptContext {
     deadline: Deadline,
     attempt: u32,
+    /// Whether a round trip in flight at the deadline is cut there (a
+    /// wait's attempts) or completes (the one attempt of a zero wait).
+    cut_at_deadline: bool,
 }
 
 impl AttemptContext {
@@ -38,6 +42,18 @@ impl AttemptContext {
         AttemptContext {
             deadline: Deadline::Once,
             attempt: 1,
+            cut_at_deadline: false,
+        }
+    }
+
+    /// The context of the one attempt of an `acquire` with a zero wait,
+    /// called at `now`: it waits for no resource of its own (the caller's
+    /// deadline has come), but its round trip completes.
+    pub fn no_wait(now: Instant) -> Self {
+        AttemptContext {
+            deadline: Deadline::At(now),
+            attempt: 1,
+            cut_at_deadline: false,
         }
     }
 
@@ -45,7 +61,11 @@ impl AttemptContext {
     /// [`subscribe`](super::LockBackend::subscribe), which comes before the
     /// first attempt) of a call that gives up at `deadline`.
     pub fn new(deadline: Deadline, attempt: u32) -> Self {
-        AttemptContext { deadline, attempt }
+        AttemptContext {
+            deadline,
+            attempt,
+            cut_at_deadline: true,
+        }
     }
 
     /// When the caller gives up.
@@ -86,13 +106,16 @@ impl AttemptContext {
     }
 
     /// The end of a step the backend bounds by `limit` (a round trip):
-    /// `limit` from now, or the caller's deadline if that comes first.
-    /// The flag tells whether the caller's deadline is the bound.
+    /// `limit` from now, or the caller's deadline if that comes first —
+    /// except in a single attempt ([`once`](Self::once),
+    /// [`no_wait`](Self::no_wait)), whose round trip always gets `limit`.
+    /// The flag tells whether the caller's deadline is the bound (then an
+    /// attempt cut there answers [`LockError::Timeout`](crate::LockError::Timeout)).
     pub fn bound(&self, limit: Duration) -> (Instant, bool) {
         let now = Instant::now();
         let own = now.checked_add(limit).unwrap_or(now);
         match self.deadline {
-            Deadline::At(deadline) if deadline < own => (deadline, true),
+            Deadline::At(deadline) if self.cut_at_deadline && deadline < own => (deadline, true),
             _ => (own, false),
         }
     }

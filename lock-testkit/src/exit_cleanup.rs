@@ -20,9 +20,9 @@ pub(crate) fn register() {
 extern "C" fn at_exit() {
     // Unwinding out of an `extern "C"` function would abort the process.
     let _ = panic::catch_unwind(|| {
-        crate::redis_server::shutdown_shared();
-        crate::redis_cluster::shutdown_shared();
-        crate::pg_server::shutdown_shared();
-        crate::partition::remove_all();
+        crate::servers::redis::shutdown_shared();
+        crate::cluster::shutdown_shared();
+        crate::servers::postgres::shutdown_shared();
+        crate::faults::remove_all();
     });
 }

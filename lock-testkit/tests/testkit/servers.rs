@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::redis_command;
+use crate::common::redis_command;
 use distlock_testkit::{
     PgOptions, PgServer, RedisOptions, RedisServer, TestkitError, process_is_alive,
 };
@@ -462,7 +460,12 @@ struct ChildReport {
 fn run_child(mode: &str, env: &[(&str, &str)]) -> ChildReport {
     let exe = std::env::current_exe().expect("path of the test binary");
     let mut child = Command::new(exe)
-        .args(["child_mode", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "servers::child_mode",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, mode)
         .env_remove("REDIS_URL")
         .env_remove("DATABASE_URL")

@@ -1,4 +1,4 @@
-//! Spawns server processes that die with the test process, even when it is
+//! Spawns server (and helper) processes that die with the test process, even when it is
 //! killed or exits without running destructors.
 //!
 //! Linux's `PR_SET_PDEATHSIG` sends the child a signal when its parent goes away,
@@ -56,9 +56,9 @@ pub(crate) fn spawn_owned(mut command: Command, death_signal: libc::c_int) -> io
     spawner()?
         .send(job)
         .map_err(|_| io::Error::other("the distlock-testkit spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("the distlock-testkit spawner thread dropped a spawn request"))?
+    reply_rx.recv().map_err(|_| {
+        io::Error::other("the distlock-testkit spawner thread dropped a spawn request")
+    })?
 }
 
 fn spawner() -> io::Result<&'static Sender<Job>> {

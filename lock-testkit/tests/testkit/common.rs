@@ -1,4 +1,4 @@
-//! What the test files share: a raw RESP client, so that the kit's servers
+//! What the test modules share: a raw RESP client, so that the kit's servers
 //! are checked without the kit's own code (or a Redis crate).
 
 use std::io::{self, Read as _, Write as _};

@@ -1,5 +1,6 @@
-//! A minimal RESP2 client over a `TcpStream`: enough to form, probe and
-//! steer a Redis Cluster without depending on a Redis crate.
+//! A minimal RESP2 client over a `TcpStream`: enough to probe a
+//! `redis-server` and to form and steer a Redis Cluster without depending
+//! on a Redis crate.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -27,11 +28,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Connects to the node on `port` (within `timeout`, at most
+    /// [`PROBE_TIMEOUT`]); each read and write then may take `timeout`.
     pub(crate) fn open(port: u16, timeout: Duration) -> Result<Self, TestkitError> {
         let context = || format!("could not talk to 127.0.0.1:{port}");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let stream =
-            TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(io_error(context()))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout.min(PROBE_TIMEOUT))
+            .map_err(io_error(context()))?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))

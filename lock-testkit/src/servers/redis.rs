@@ -1,7 +1,6 @@
 //! A throwaway `redis-server` on a free loopback port, with fault handles.
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -11,6 +10,7 @@ use tempfile::TempDir;
 
 use crate::error::TestkitError;
 use crate::process::{self, PortChoice, Probe, ServerKind, Supervised, launch, with_port};
+use crate::resp::{Connection, Reply};
 use crate::{exit_cleanup, workdir};
 
 const SERVER: &str = "redis-server";
@@ -287,16 +287,9 @@ pub(crate) fn shutdown_shared() {
 /// A server with `requirepass` answers `-NOAUTH`, which also means it is up.
 fn ping(port: u16) -> bool {
     const TIMEOUT: Duration = Duration::from_millis(200);
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, TIMEOUT) else {
-        return false;
-    };
-    if stream.set_read_timeout(Some(TIMEOUT)).is_err() || stream.write_all(b"PING\r\n").is_err() {
-        return false;
+    match Connection::open(port, TIMEOUT).and_then(|mut connection| connection.call(&[b"PING"])) {
+        Ok(Reply::Status(status)) => status == "PONG",
+        Ok(Reply::Error(error)) => error.starts_with("NOAUTH"),
+        _ => false,
     }
-    let mut reply = [0u8; 64];
-    matches!(
-        stream.read(&mut reply),
-        Ok(n) if reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH")
-    )
 }

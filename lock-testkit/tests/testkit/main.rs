@@ -2,6 +2,7 @@
 //! one per file): real servers and real processes, checked from outside.
 
 mod common;
+mod dying;
 mod link;
 mod partition;
 mod redis_cluster;

@@ -9,7 +9,7 @@ const DEFAULT_MASTERS: usize = 3;
 const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Configuration of a [`RedisCluster`].
+/// Configuration of a [`RedisCluster`](crate::RedisCluster).
 #[derive(Debug, Clone)]
 pub struct RedisClusterOptions {
     pub(super) masters: usize,
@@ -62,7 +62,7 @@ impl RedisClusterOptions {
         self
     }
 
-    /// How long [`RedisCluster::start_with`] waits, after forming the cluster,
+    /// How long [`RedisCluster::start_with`](crate::RedisCluster::start_with) waits, after forming the cluster,
     /// for every node to report it ready (default 20 s).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -80,7 +80,7 @@ impl RedisClusterOptions {
     /// Serves TLS too, with `certs`' server certificate: every node also
     /// listens on a TLS port of its own, and the nodes talk to each other
     /// over TLS (`tls-cluster yes`), so a client connected by TLS is sent to
-    /// the TLS ports (see [`RedisCluster::tls_seed_urls`]). The plain ports
+    /// the TLS ports (see [`RedisCluster::tls_seed_urls`](crate::RedisCluster::tls_seed_urls)). The plain ports
     /// stay open for the kit's own probes. Client certificates are not asked
     /// for from clients (the nodes present theirs to each other on the
     /// cluster bus; the kit's certificate serves both ends). `certs` must
@@ -97,8 +97,8 @@ impl RedisClusterOptions {
 
     /// How many replicas each master gets (default 0). A replica takes over
     /// its master's slots when the master fails (see
-    /// [`RedisCluster::wait_failover`]); replication is asynchronous, so
-    /// [`RedisCluster::wait_replicated`] tells when a replica has caught up.
+    /// [`RedisCluster::wait_failover`](crate::RedisCluster::wait_failover)); replication is asynchronous, so
+    /// [`RedisCluster::wait_replicated`](crate::RedisCluster::wait_replicated) tells when a replica has caught up.
     pub fn replicas(mut self, per_master: usize) -> Self {
         self.replicas = per_master;
         self

@@ -37,8 +37,8 @@ impl RedisCluster {
         })
     }
 
-    /// After master `i` was [killed](RedisServer::kill) or
-    /// [paused](RedisServer::pause): waits up to `timeout` until one of its
+    /// After master `i` was [killed](crate::RedisServer::kill) or
+    /// [paused](crate::RedisServer::pause): waits up to `timeout` until one of its
     /// replicas has been elected in its place (after `cluster-node-timeout`
     /// and a vote of the other masters), and the cluster is ready again as
     /// [`wait_ready`](Self::wait_ready) checks it. From then on master `i`

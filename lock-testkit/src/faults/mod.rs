@@ -5,7 +5,7 @@
 
 mod link;
 mod partition;
-mod process;
+mod signals;
 
 pub use link::{LinkProxy, LinkState};
 pub(crate) use partition::remove_all;

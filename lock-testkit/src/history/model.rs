@@ -46,12 +46,12 @@ impl Outcome {
     }
 }
 
-/// Identifies one recorded acquisition (and its release) in a [`History`].
+/// Identifies one recorded acquisition (and its release) in a [`History`](crate::History).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub(super) usize);
 
 impl OpId {
-    /// The position of the operation in [`History::ops`].
+    /// The position of the operation in [`History::ops`](crate::History::ops).
     pub fn index(self) -> usize {
         self.0
     }

@@ -30,15 +30,15 @@ use super::{Op, OpId, Outcome, Report};
 /// granted it before the acquire completed, it cannot have given it away
 /// before its validity (a conservative bound) ended, and the client stops
 /// relying on it once it asks to release it. The checker fails
-/// ([`Violation`]) on
+/// ([`Violation`](crate::Violation)) on
 ///
 /// - two definitely-held intervals of one name that overlap
-///   ([`Violation::Overlap`]);
+///   ([`Violation::Overlap`](crate::Violation::Overlap));
 /// - fencing tokens that do not strictly increase per name in acquisition
 ///   order, the order of the intervals' starts
-///   ([`Violation::TokenNotIncreasing`]).
+///   ([`Violation::TokenNotIncreasing`](crate::Violation::TokenNotIncreasing)).
 ///
-/// It reports, without failing ([`Note`]), lease overruns (the release was
+/// It reports, without failing ([`Note`](crate::Note)), lease overruns (the release was
 /// invoked after `valid_until`, or never and the validity has passed: the
 /// client worked past its lease),
 /// acquisitions whose validity had passed before the reply arrived, and

@@ -136,7 +136,7 @@ pub struct Counts {
     pub violations: usize,
 }
 
-/// What [`History::check`] or [`check_seat_log`](crate::check_seat_log) found.
+/// What [`History::check`](crate::History::check) or [`check_seat_log`](crate::check_seat_log) found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     /// What makes the run wrong; empty for a correct run.

@@ -10,7 +10,7 @@ use crate::error::{TestkitError, io_error};
 use crate::process::{PortChoice, with_port};
 
 /// Binds a free port of `127.0.0.1` by number, so that the kernel keeps it
-/// bound while [`LinkProxy::cut`] has the listener shut down, and clears
+/// bound while [`LinkProxy::cut`](crate::LinkProxy::cut) has the listener shut down, and clears
 /// `SO_REUSEADDR` (std sets it), so that nobody else can bind it meanwhile.
 pub(super) fn bind_listener() -> Result<TcpListener, TestkitError> {
     with_port(PortChoice::Fresh, |port| {

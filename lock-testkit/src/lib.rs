@@ -82,6 +82,18 @@
 // public name.
 extern crate self as distlock_testkit;
 
+// The rooms, from the bottom up:
+// - process:  spawning children that die with us; the one start → ready →
+//             kill-on-failure → stop sequence every server goes through; ports
+//             and the one port-retry loop; logs; /proc; helper commands.
+// - servers:  redis-server, PostgreSQL (binaries, template, psql), PgBouncer:
+//             each only its command line and readiness probe.
+// - resp:     the RESP client the kit probes and steers Redis with.
+// - cluster:  Redis Cluster: forming, slots, readiness, failover, migration.
+// - faults:   process faults (kill, pause), the link proxy, iptables partitions.
+// - history:  the generic lock-history checker.
+// - workdir, tls, cpu, exit_cleanup, error: directories, certificates, CPU
+//             pinning, the exit hook, the error type.
 mod cluster;
 mod cpu;
 mod error;

@@ -186,16 +186,7 @@ impl RedisCluster {
     /// first use and stopped when the process exits. Tests on it must use
     /// keys of their own; use a cluster of your own to kill or restart nodes.
     pub fn shared() -> Result<&'static RedisCluster, TestkitError> {
-        SHARED
-            .get_or_init(|| {
-                exit_cleanup::register();
-                RedisCluster::start().map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|message| TestkitError::SharedUnavailable {
-                server: "redis cluster",
-                message: message.clone(),
-            })
+        exit_cleanup::shared(&SHARED, "redis cluster", RedisCluster::start)
     }
 
     /// The masters, in the order of [`seed_urls`](Self::seed_urls); an index

@@ -171,16 +171,7 @@ impl RedisServer {
     /// The server shared by every test in this process, started on first use and
     /// stopped when the process exits. Use a server of your own to inject faults.
     pub fn shared() -> Result<&'static RedisServer, TestkitError> {
-        SHARED
-            .get_or_init(|| {
-                exit_cleanup::register();
-                RedisServer::start().map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|message| TestkitError::SharedUnavailable {
-                server: SERVER,
-                message: message.clone(),
-            })
+        exit_cleanup::shared(&SHARED, SERVER, RedisServer::start)
     }
 
     /// `redis://127.0.0.1:<port>/`.

@@ -264,17 +264,9 @@ impl PgServer {
     /// each test its own database with [`fresh_database`](Self::fresh_database);
     /// use a server of your own to inject faults.
     pub fn shared() -> Result<&'static PgServer, TestkitError> {
-        SHARED
-            .get_or_init(|| {
-                exit_cleanup::register();
-                PgServer::start_with(PgOptions::new().max_connections(200))
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|message| TestkitError::SharedUnavailable {
-                server: SERVER,
-                message: message.clone(),
-            })
+        exit_cleanup::shared(&SHARED, SERVER, || {
+            PgServer::start_with(PgOptions::new().max_connections(200))
+        })
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.

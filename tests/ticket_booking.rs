@@ -13,6 +13,8 @@ use booking::{BoxOffice, Outcome};
 use distlock::postgres::PgAdvisoryLock;
 use distlock::redis::RedisLock;
 use distlock::{DistributedLock, MemoryLock};
+// The seat log lives beside these tests (tests/ticket_booking/seat_log.rs);
+// distlock-testkit compiles it in, for the other root tests that use it too.
 use distlock_testkit::{SeatAction, SeatWrite, check_seat_log};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -6,21 +6,17 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::postgres::{PgServer, psql};
 use crate::error::{TestkitError, io_error};
-use crate::pg_binaries::pg_binaries;
-use crate::pg_server::PgServer;
 use crate::process::{
-    self, Log, PORT_ATTEMPTS, find_on_path, free_port, is_executable, is_unreaped, run_checked,
-    signal, wait_child,
+    PortChoice, Probe, ServerKind, Supervised, find_on_path, is_executable, launch, with_port,
 };
-use crate::spawner;
 use crate::workdir::{self, RunAs};
 
 const SERVER: &str = "pgbouncer";
@@ -32,7 +28,6 @@ const HINT: &str = "install it with `apt-get install pgbouncer` (scripts/ensure-
                     or point DISTLOCK_PGBOUNCER at the program";
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(5);
-const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How PgBouncer hands server connections to clients (`pool_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,14 +129,111 @@ impl PgBouncerOptions {
 #[derive(Debug)]
 pub struct PgBouncer {
     port: u16,
-    pg_port: u16,
     pool_mode: PoolMode,
+    kind: Bouncer,
+    process: Supervised,
+}
+
+/// What starts a `pgbouncer`: the program, its user, its files and the
+/// PostgreSQL port it serves.
+#[derive(Debug)]
+struct Bouncer {
+    binary: &'static Path,
+    run_as: Option<RunAs>,
+    pg_port: u16,
     options: PgBouncerOptions,
     config: PathBuf,
     auth_file: PathBuf,
     log_path: PathBuf,
-    child: Child,
     _dir: TempDir,
+}
+
+impl ServerKind for Bouncer {
+    const NAME: &'static str = SERVER;
+    const MAX_NAP: Duration = Duration::from_millis(25);
+
+    fn command(&self, port: u16) -> Result<Command, TestkitError> {
+        self.write_config(port)?;
+        let mut command = Command::new(self.binary);
+        command.arg(&self.config);
+        if let Some(dir) = self.config.parent() {
+            command.current_dir(dir);
+        }
+        if let Some(user) = self.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        Ok(command)
+    }
+
+    fn probe(&self, port: u16) -> Probe {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            return Probe::NotYet;
+        }
+        // Listening; a query through it proves it reaches PostgreSQL.
+        match psql(port, "postgres", "SELECT 1") {
+            Ok(output) if output.trim() == "1" => Probe::Ready,
+            Ok(output) => Probe::Failed(format!(
+                "SELECT 1 through pgbouncer on port {port} returned {output:?}"
+            )),
+            Err(e) => Probe::Failed(e.to_string()),
+        }
+    }
+
+    fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        self.options.ready_timeout
+    }
+}
+
+impl Bouncer {
+    /// Writes the configuration for listening on `port` (readable by the
+    /// user PgBouncer runs as).
+    fn write_config(&self, port: u16) -> Result<(), TestkitError> {
+        fs::write(&self.config, self.config_text(port)).map_err(io_error(format!(
+            "could not write {}",
+            self.config.display()
+        )))?;
+        if let Some(user) = self.run_as {
+            workdir::chown(&self.config, user)?;
+        }
+        Ok(())
+    }
+
+    fn config_text(&self, port: u16) -> String {
+        let options = &self.options;
+        let mut settings: Vec<(String, String)> = vec![
+            ("listen_addr".into(), "127.0.0.1".into()),
+            ("listen_port".into(), port.to_string()),
+            // No Unix socket: it would need a directory of its own.
+            ("unix_socket_dir".into(), String::new()),
+            ("auth_type".into(), "trust".into()),
+            ("auth_file".into(), self.auth_file.display().to_string()),
+            ("pool_mode".into(), options.pool_mode.as_str().into()),
+            ("default_pool_size".into(), options.pool_size.to_string()),
+            ("max_client_conn".into(), "200".into()),
+            (
+                "ignore_startup_parameters".into(),
+                "extra_float_digits".into(),
+            ),
+            ("admin_users".into(), "postgres".into()),
+            // Fail fast rather than queue forever when PostgreSQL is down.
+            ("server_connect_timeout".into(), "5".into()),
+            ("query_wait_timeout".into(), "30".into()),
+        ];
+        settings.extend(options.settings.iter().cloned());
+        let mut text = format!(
+            "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\n",
+            self.pg_port
+        );
+        for (name, value) in settings {
+            text.push_str(&format!("{name} = {value}\n"));
+        }
+        text
+    }
 }
 
 impl PgBouncer {
@@ -154,42 +246,31 @@ impl PgBouncer {
         let binary = pgbouncer_binary()?;
         let run_as = workdir::unprivileged_user()?;
         let dir = workdir::instance_dir(workdir::PG_PREFIX, run_as)?;
-        let log_path = dir.path().join("pgbouncer.log");
         let auth_file = dir.path().join("userlist.txt");
         fs::write(&auth_file, "\"postgres\" \"\"\n")
             .map_err(io_error(format!("could not write {}", auth_file.display())))?;
-        let mut attempt = 1;
-        loop {
-            let port = free_port()?;
-            let config = dir.path().join("pgbouncer.ini");
-            fs::write(
-                &config,
-                config_text(server.port(), port, &auth_file, &options),
-            )
-            .map_err(io_error(format!("could not write {}", config.display())))?;
-            if let Some(user) = run_as {
-                for file in [&config, &auth_file] {
-                    workdir::chown(file, user)?;
-                }
-            }
-            match launch(binary, &config, &log_path, port, run_as, &options) {
-                Ok(child) => {
-                    return Ok(Self {
-                        port,
-                        pg_port: server.port(),
-                        pool_mode: options.pool_mode,
-                        options,
-                        config,
-                        auth_file,
-                        log_path,
-                        child,
-                        _dir: dir,
-                    });
-                }
-                Err(e) if e.is_port_in_use() && attempt < PORT_ATTEMPTS => attempt += 1,
-                Err(e) => return Err(e),
-            }
+        if let Some(user) = run_as {
+            workdir::chown(&auth_file, user)?;
         }
+        let kind = Bouncer {
+            binary,
+            run_as,
+            pg_port: server.port(),
+            config: dir.path().join("pgbouncer.ini"),
+            log_path: dir.path().join("pgbouncer.log"),
+            auth_file,
+            options,
+            _dir: dir,
+        };
+        let (port, child) = with_port(PortChoice::Fresh, |port| {
+            launch(&kind, port).map(|child| (port, child))
+        })?;
+        Ok(Self {
+            port,
+            pool_mode: kind.options.pool_mode,
+            kind,
+            process: Supervised::new::<Bouncer>(child),
+        })
     }
 
     /// The URL of database `name` through PgBouncer, as user `postgres`.
@@ -214,12 +295,12 @@ impl PgBouncer {
 
     /// PgBouncer's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid().unwrap_or_default()
     }
 
     /// The file that receives PgBouncer's log.
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        &self.kind.log_path
     }
 
     /// Changes `[pgbouncer]` settings while it runs: rewrites its
@@ -229,7 +310,7 @@ impl PgBouncer {
     /// a server session.
     pub fn reconfigure(&mut self, settings: &[(&str, &str)]) -> Result<(), TestkitError> {
         for (name, value) in settings {
-            self.options = self.options.clone().setting(*name, *value);
+            self.kind.options = self.kind.options.clone().setting(*name, *value);
             if *name == "pool_mode" {
                 self.pool_mode = match *value {
                     "session" => PoolMode::Session,
@@ -237,14 +318,7 @@ impl PgBouncer {
                 };
             }
         }
-        fs::write(
-            &self.config,
-            config_text(self.pg_port, self.port, &self.auth_file, &self.options),
-        )
-        .map_err(io_error(format!(
-            "could not write {}",
-            self.config.display()
-        )))?;
+        self.kind.write_config(self.port)?;
         self.admin("RELOAD").map(|_| ())
     }
 
@@ -259,13 +333,7 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        if is_unreaped(&mut self.child) {
-            let _ = signal(self.child.id(), libc::SIGTERM);
-            if !matches!(wait_child(&mut self.child, STOP_GRACE), Ok(Some(_))) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
+        let _ = self.process.stop(Some((libc::SIGTERM, STOP_GRACE)));
     }
 }
 
@@ -298,143 +366,4 @@ fn pgbouncer_binary() -> Result<&'static Path, TestkitError> {
         });
     };
     Ok(FOUND.get_or_init(|| found))
-}
-
-fn config_text(pg_port: u16, port: u16, auth_file: &Path, options: &PgBouncerOptions) -> String {
-    let mut settings: Vec<(String, String)> = vec![
-        ("listen_addr".into(), "127.0.0.1".into()),
-        ("listen_port".into(), port.to_string()),
-        // No Unix socket: it would need a directory of its own.
-        ("unix_socket_dir".into(), String::new()),
-        ("auth_type".into(), "trust".into()),
-        ("auth_file".into(), auth_file.display().to_string()),
-        ("pool_mode".into(), options.pool_mode.as_str().into()),
-        ("default_pool_size".into(), options.pool_size.to_string()),
-        ("max_client_conn".into(), "200".into()),
-        (
-            "ignore_startup_parameters".into(),
-            "extra_float_digits".into(),
-        ),
-        ("admin_users".into(), "postgres".into()),
-        // Fail fast rather than queue forever when PostgreSQL is down.
-        ("server_connect_timeout".into(), "5".into()),
-        ("query_wait_timeout".into(), "30".into()),
-    ];
-    settings.extend(options.settings.iter().cloned());
-    let mut text = format!("[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n");
-    for (name, value) in settings {
-        text.push_str(&format!("{name} = {value}\n"));
-    }
-    text
-}
-
-fn launch(
-    binary: &Path,
-    config: &Path,
-    log_path: &Path,
-    port: u16,
-    run_as: Option<RunAs>,
-    options: &PgBouncerOptions,
-) -> Result<Child, TestkitError> {
-    let log = Log::open(log_path)?;
-    let (stdout, stderr) = log.stdio()?;
-    let mut command = Command::new(binary);
-    command
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
-    if let Some(dir) = config.parent() {
-        command.current_dir(dir);
-    }
-    if let Some(user) = run_as {
-        command.uid(user.uid).gid(user.gid);
-    }
-    let mut child = spawner::spawn_owned(command, libc::SIGKILL)
-        .map_err(io_error(format!("could not run {}", binary.display())))?;
-    match wait_ready(
-        &mut child,
-        port,
-        log_path,
-        log.offset,
-        options.ready_timeout,
-    ) {
-        Ok(()) => Ok(child),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(e)
-        }
-    }
-}
-
-fn wait_ready(
-    child: &mut Child,
-    port: u16,
-    log_path: &Path,
-    log_offset: u64,
-    timeout: Duration,
-) -> Result<(), TestkitError> {
-    let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut nap = Duration::from_millis(5);
-    loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(io_error("could not check on pgbouncer"))?
-        {
-            return Err(process::startup_failure(
-                SERVER, port, status, log_path, log_offset,
-            ));
-        }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            // Listening; a query through it proves it reaches PostgreSQL.
-            return query_through(port).map_err(|e| TestkitError::NotReady {
-                server: SERVER,
-                port,
-                timeout,
-                log_tail: format!("{e}\n{}", process::log_tail(log_path, log_offset)),
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(TestkitError::NotReady {
-                server: SERVER,
-                port,
-                timeout,
-                log_tail: process::log_tail(log_path, log_offset),
-            });
-        }
-        thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(25));
-    }
-}
-
-/// `SELECT 1` through PgBouncer with psql.
-fn query_through(port: u16) -> Result<(), TestkitError> {
-    let output = psql(port, "postgres", "SELECT 1")?;
-    if output.trim() == "1" {
-        Ok(())
-    } else {
-        Err(TestkitError::Other(format!(
-            "SELECT 1 through pgbouncer on port {port} returned {output:?}"
-        )))
-    }
-}
-
-/// One command through PgBouncer on `port` to `database` with psql
-/// (unaligned, tuples only); its standard output.
-fn psql(port: u16, database: &str, command: &str) -> Result<String, TestkitError> {
-    let bins = pg_binaries()?;
-    let mut command_line = Command::new(&bins.psql);
-    command_line
-        .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .args(["-c", command])
-        .env("PGUSER", "postgres")
-        .env("PGDATABASE", database)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGOPTIONS")
-        .env_remove("PGSERVICE");
-    let output = run_checked(command_line, PSQL_TIMEOUT)?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

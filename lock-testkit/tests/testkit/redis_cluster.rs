@@ -7,9 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::redis_command;
+use crate::common::redis_command;
 use distlock_testkit::{
     RedisCluster, RedisClusterOptions, RedisServer, TestkitError, process_is_alive,
 };
@@ -428,7 +426,11 @@ fn child_without_redis_cli() {
 fn a_missing_redis_cli_says_what_to_install() {
     let exe = std::env::current_exe().expect("path of the test binary");
     let output = Command::new(exe)
-        .args(["child_without_redis_cli", "--exact", "--nocapture"])
+        .args([
+            "redis_cluster::child_without_redis_cli",
+            "--exact",
+            "--nocapture",
+        ])
         .env("LOCK_TESTKIT_CLUSTER_CHILD", "1")
         .env("PATH", "/nonexistent")
         .stdin(Stdio::null())

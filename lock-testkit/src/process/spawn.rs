@@ -1,4 +1,4 @@
-//! Spawns server processes that die with the test process, even when it is
+//! Spawns server (and helper) processes that die with the test process, even when it is
 //! killed or exits without running destructors.
 //!
 //! Linux's `PR_SET_PDEATHSIG` sends the child a signal when its parent goes away,

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use super::binaries::PgBinaries;
 use crate::error::{TestkitError, io_error};
-use crate::pg_binaries::PgBinaries;
 use crate::process::run_checked;
 use crate::workdir::{self, RunAs};
 

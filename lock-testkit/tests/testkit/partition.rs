@@ -192,7 +192,8 @@ fn set_keepalive(stream: &TcpStream, idle: i32, interval: i32, count: i32) {
 /// Runs this test binary again as a child, for `test`, with `CHILD_ENV=mode`.
 fn spawn_child(test: &str, mode: &str) -> std::process::Child {
     Command::new(std::env::current_exe().expect("test binary"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .arg(format!("partition::{test}"))
+        .args(["--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

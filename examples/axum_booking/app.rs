@@ -1,6 +1,7 @@
 //! The HTTP side: the routes, the booking handler that takes a ticket's
 //! lock, and how each `LockError` becomes an HTTP status.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,8 +98,9 @@ async fn book(
     // the TTL. Its result does not change the answer: a booking the store
     // accepted under our fence stands (a later holder's write needs a
     // newer token), and a failed release is freed by the TTL.
-    if let Err(err) = guard.release().await {
-        eprintln!("ticket {id}: release: {err}");
+    let released = guard.release().await;
+    if let (Ok(_), Err(err)) = (&outcome, released) {
+        eprintln!("ticket {id}: booked, then the release failed: {err}");
     }
     outcome.map(Json)
 }
@@ -110,6 +112,15 @@ pub(crate) enum ApiError {
     Lock(LockError),
     /// The store refused the booking.
     Book(BookError),
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Lock(err) => err.fmt(f),
+            ApiError::Book(err) => err.fmt(f),
+        }
+    }
 }
 
 impl From<LockError> for ApiError {
@@ -158,13 +169,14 @@ impl IntoResponse for ApiError {
                 (StatusCode::NOT_FOUND, "no_such_ticket", None)
             }
         };
-        let message = match &self {
-            ApiError::Lock(err) => err.to_string(),
-            ApiError::Book(err) => err.to_string(),
+        let message = if status.is_server_error() {
+            // The details (server addresses, driver errors) go to the log,
+            // not to the customer.
+            eprintln!("{status}: {self}");
+            "the booking service cannot book right now; try again shortly".to_owned()
+        } else {
+            self.to_string()
         };
-        if status.is_server_error() {
-            eprintln!("{status}: {message}");
-        }
         let mut response = (status, Json(ErrorBody { error, message })).into_response();
         if let Some(seconds) = retry_after {
             response

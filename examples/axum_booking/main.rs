@@ -55,8 +55,8 @@ struct Args {
     #[arg(long)]
     self_test: bool,
     /// Concurrent clients in --self-test.
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    clients: u16,
     /// Number of tickets for sale (1..=N).
     #[arg(long, default_value_t = 100)]
     tickets: u64,
@@ -75,7 +75,7 @@ struct Args {
 /// A server to start for the run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Throwaway {
-    /// redis-server on a free port.
+    /// A redis-server on a free port.
     Redis,
     /// A PostgreSQL cluster in a temporary directory.
     Postgres,
@@ -134,7 +134,7 @@ async fn run(args: Args) -> Result<(), Error> {
 }
 
 /// Serves on a free port and has `clients` customers book ticket 1 at once.
-async fn self_test(router: axum::Router, clients: usize) -> Result<(), Error> {
+async fn self_test(router: axum::Router, clients: u16) -> Result<(), Error> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();

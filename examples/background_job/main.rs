@@ -51,8 +51,8 @@ struct Args {
     #[arg(long, value_enum)]
     throwaway: Option<Throwaway>,
     /// Instances competing for the job.
-    #[arg(long, default_value_t = 3)]
-    instances: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    instances: u16,
     /// Scheduled runs (all instances wake up together for each).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -76,7 +76,7 @@ struct Args {
 /// A server to start for the run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Throwaway {
-    /// redis-server on a free port.
+    /// A redis-server on a free port.
     Redis,
     /// A PostgreSQL cluster in a temporary directory.
     Postgres,
@@ -119,16 +119,16 @@ async fn run(args: Args) -> Result<(), Error> {
         Some(Throwaway::Redis) => distlock_testkit::redis_url()?,
         Some(Throwaway::Postgres) => distlock_testkit::database_url()?,
     };
+    // Each instance connects on its own, as separate processes would.
+    let mut instances = Vec::with_capacity(args.instances.into());
+    for _ in 0..args.instances {
+        instances.push(distlock::connect(&url).await?);
+    }
     let scheme = url.split(':').next().unwrap_or_default();
     println!(
         "{} instances, {} rounds, {scheme} backend, TTL {} ms, work {} ms, wait {} ms",
         args.instances, args.rounds, args.ttl_ms, args.work_ms, args.wait_ms
     );
-    // Each instance connects on its own, as separate processes would.
-    let mut instances = Vec::with_capacity(args.instances);
-    for _ in 0..args.instances {
-        instances.push(distlock::connect(&url).await?);
-    }
     let reports = Arc::new(Reports::default());
     let ttl = Duration::from_millis(args.ttl_ms);
     let work = Duration::from_millis(args.work_ms);

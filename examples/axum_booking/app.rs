@@ -23,7 +23,8 @@ pub(crate) struct AppState {
     pub(crate) locks: Arc<dyn DistributedLock>,
     /// The tickets.
     pub(crate) store: TicketStore,
-    /// How long a ticket's lock lives if its holder dies mid-booking.
+    /// How long a ticket's lock lives if its holder dies mid-booking: well
+    /// beyond a booking's duration, so a short booking needs no renewal.
     pub(crate) ttl: Duration,
     /// How long a request waits for a ticket's lock before answering 423.
     pub(crate) wait: Duration,
@@ -57,6 +58,10 @@ async fn show(
 }
 
 /// Books a ticket under the lock `ticket:{id}`.
+///
+/// If the client hangs up, axum drops this future: the guard is dropped
+/// with it and the lock released in the background, so a vanished client
+/// does not block the ticket for the TTL.
 async fn book(
     State(app): State<Arc<AppState>>,
     Path(id): Path<u64>,

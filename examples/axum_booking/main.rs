@@ -16,6 +16,8 @@
 //! With `--self-test` it serves on a free port, sends `--clients`
 //! concurrent bookings of one ticket, and exits 0 only if exactly one
 //! succeeded and every other got a clean "busy" or "already booked".
+//! Against a server, every process booking ticket 1 there competes for the
+//! same lock (that is the point): run one self-test per server at a time.
 
 mod app;
 mod client;

@@ -20,6 +20,8 @@
 //! asserts that exactly one instance ran each round with its lock renewed
 //! throughout, then shows a run losing its lock mid-work (`Err(LockError::Lost)`):
 //! its work is stopped, and the instance that took over finishes the report.
+//! Against a server, every process there competes for the job's lock (that
+//! is the point): run one self-check per server at a time.
 
 mod report;
 

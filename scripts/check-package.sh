@@ -10,7 +10,7 @@
 # from crates.io. Also checks that each package carries its README and both
 # licence files, and no tests, benchmarks or examples.
 #
-#   scripts/check-package.sh            # extra arguments go to `cargo package`, e.g. --offline
+#   scripts/check-package.sh    # extra arguments go to `cargo package`: --offline, --allow-dirty (uncommitted work)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +29,8 @@ selection=()
 for crate in "${crates[@]}"; do selection+=(-p "$crate"); done
 
 for crate in "${crates[@]}"; do
-    files="$(cargo package --list --locked -p "$crate" 2>/dev/null)"
+    files="$(cargo package --list --locked -p "$crate" "$@")" ||
+        { echo "error: cargo package --list -p $crate failed" >&2; exit 1; }
     for needed in Cargo.toml README.md LICENSE-MIT LICENSE-APACHE src/lib.rs; do
         grep -qx "$needed" <<<"$files" || { echo "error: the $crate package lacks $needed" >&2; exit 1; }
     done

@@ -7,7 +7,7 @@
 //! - [`DistributedLockExt::with_lock`]: run a closure under a renewed lock.
 //! - [`LockError`]: one error type, with typed variants for bad input.
 //! - [`backend`]: the small interface a backend implements
-//!   ([`LockBackend`](backend::LockBackend), [`Lease`](backend::Lease)) and
+//!   ([`backend::LockBackend`], [`backend::Lease`]) and
 //!   the pieces backends share; waiting (jittered exponential backoff plus
 //!   wake-ups), guards and renewal are built on it here, once.
 //! - [`MemoryLock`]: an in-process backend for tests.
@@ -17,17 +17,17 @@
 //! # Flow of one lock
 //!
 //! `acquire` validates the name and TTL, subscribes to wake-ups for the name,
-//! then calls [`LockBackend::try_lock`](backend::LockBackend::try_lock) until it succeeds or the wait runs out,
+//! then calls [`backend::LockBackend::try_lock`] until it succeeds or the wait runs out,
 //! sleeping between attempts for a jittered backoff — or less, when the
 //! backend says when the holder's lease ends or signals a release. A granted
-//! [`Lease`](backend::Lease) is wrapped in a [`LockGuard`] with no await point in between, so a
+//! [`backend::Lease`] is wrapped in a [`LockGuard`] with no await point in between, so a
 //! cancelled acquire never leaves a lock behind. The guard's validity is
 //! `attempt start + ttl − drift` on the monotonic clock; `extend` and the
 //! renewal task move it forward; `release` or drop give the lease back.
 //!
 //! # Observability
 //!
-//! Every backend built on [`LockBackend`](backend::LockBackend) reports the same things, from this
+//! Every backend built on [`backend::LockBackend`] reports the same things, from this
 //! crate's waiting loop, guard and renewal task.
 //!
 //! **Tracing** (the `tracing` crate). Every target of every distlock crate
@@ -49,7 +49,7 @@
 //!
 //! **Metrics** (feature `metrics`, through the `metrics` facade crate; see
 //! `distlock_api::metrics` for details and `describe()`), all labelled by
-//! `backend` ([`LockBackend::kind`](backend::LockBackend::kind)), never by lock name:
+//! `backend` ([`backend::LockBackend::kind`]), never by lock name:
 //!
 //! | Name | Type | Extra labels | Meaning |
 //! |------|------|--------------|---------|

@@ -160,14 +160,14 @@ impl PgAdvisoryLock {
         self.core().key(name)
     }
 
-    /// [`try_acquire`](DistributedLock::try_acquire) by raw advisory-lock
+    /// [`try_acquire`](distlock_api::DistributedLock::try_acquire) by raw advisory-lock
     /// key, for applications that already own a key space (the same lock as
     /// `pg_advisory_lock(key)` elsewhere). The guard's
     /// [`name`](LockGuard::name) is the key in decimal.
     ///
     /// # Errors
     ///
-    /// As [`try_acquire`](DistributedLock::try_acquire).
+    /// As [`try_acquire`](distlock_api::DistributedLock::try_acquire).
     pub async fn try_acquire_key(
         &self,
         key: i64,
@@ -176,12 +176,12 @@ impl PgAdvisoryLock {
         try_acquire_with(self, &key.to_string(), ttl, |_| Ok(key)).await
     }
 
-    /// [`acquire`](DistributedLock::acquire) by raw advisory-lock key (see
+    /// [`acquire`](distlock_api::DistributedLock::acquire) by raw advisory-lock key (see
     /// [`try_acquire_key`](Self::try_acquire_key)).
     ///
     /// # Errors
     ///
-    /// As [`acquire`](DistributedLock::acquire).
+    /// As [`acquire`](distlock_api::DistributedLock::acquire).
     pub async fn acquire_key(
         &self,
         key: i64,

@@ -60,8 +60,9 @@
 //! Whether a run under such faults stayed correct is for a [`History`] to
 //! tell: clients record each acquire and release on one monotonic clock, and
 //! [`History::check`] fails on a lock held twice at once or fencing tokens
-//! that do not rise. The ticket example's seat log ([`check_seat_log`],
-//! kept beside the example's tests) checks the protected data.
+//! that do not rise. A domain check of the protected data (the ticket
+//! example's seat log, kept beside the example's tests) adds its findings
+//! as [`Violation::Storage`].
 //!
 //! # Environment
 //!
@@ -77,10 +78,6 @@
 //!   directory. The PostgreSQL template cluster stays there for later runs;
 //!   what a killed test process left behind is removed by the next one.
 //! - As root, PostgreSQL runs as the `nobody` user (it refuses to run as root).
-
-// The seat log below is written, as test support, against the crate's
-// public name.
-extern crate self as distlock_testkit;
 
 // The rooms, from the bottom up:
 // - process:  spawning children that die with us; the one start → ready →
@@ -106,17 +103,12 @@ mod servers;
 mod tls;
 mod workdir;
 
-/// The ticket example's seat log, kept beside the example's tests; see there.
-#[path = "../../tests/ticket_booking/seat_log.rs"]
-mod seat_log;
-
 pub use cluster::{RedisCluster, RedisClusterOptions};
 pub use cpu::{available_cpus, pin_apart, pin_current_thread, pin_process};
 pub use error::TestkitError;
 pub use faults::{AliasPort, LinkProxy, LinkState, Partition};
 pub use history::{Counts, Held, History, Interval, Note, Op, OpId, Outcome, Report, Violation};
 pub use process::process_is_alive;
-pub use seat_log::{SeatAction, SeatWrite, check_seat_log};
 pub use servers::{
     PgBouncer, PgBouncerOptions, PgOptions, PgServer, PoolMode, RedisOptions, RedisServer,
 };

@@ -45,11 +45,11 @@ use super::{Op, OpId, Outcome, Report};
 /// operations whose outcome is unknown (a connection error or a cancelled
 /// call: the server may or may not have acted).
 ///
-/// The booking workloads check the database side too, with
-/// [`check_seat_log`](crate::check_seat_log): the accepted writes in commit order (the
-/// `ticket_log` table of `examples/ticket_booking/schema.sql`), each seat
-/// sold at most once at a time and accepted fencing tokens strictly rising
-/// per seat.
+/// The booking workloads check the database side too, with the ticket
+/// example's seat log (beside the example's tests): the accepted writes in
+/// commit order, each seat sold at most once at a time and accepted fencing
+/// tokens strictly rising per seat; its findings merge in as
+/// [`Violation::Storage`](crate::Violation::Storage).
 ///
 /// # Example
 ///

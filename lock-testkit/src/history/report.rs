@@ -7,7 +7,6 @@ use std::time::Duration;
 use distlock_api::Instant;
 
 use super::OpId;
-use crate::seat_log::SeatWrite;
 
 /// One definitely-held interval, as a [`Violation`] shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,25 +46,14 @@ pub enum Violation {
         /// The next acquisition, whose token is not larger.
         later: Interval,
     },
-    /// A seat was booked while it was sold already (found by the ticket
-    /// example's seat log, [`check_seat_log`](crate::check_seat_log)(crate::check_seat_log)).
-    DoubleSale {
-        /// The seat (`ticket_id`).
-        ticket_id: i64,
-        /// The write that sold it first.
-        first: SeatWrite,
-        /// The write that sold it again.
-        second: SeatWrite,
-    },
-    /// An accepted write to a seat carried a fencing token not larger than
-    /// the write accepted before it (found by the seat log).
-    FenceNotIncreasing {
-        /// The seat (`ticket_id`).
-        ticket_id: i64,
-        /// The earlier accepted write.
-        earlier: SeatWrite,
-        /// The later accepted write, whose token is not larger.
-        later: SeatWrite,
+    /// A rule of the protected storage was broken, as a domain check over
+    /// what the storage accepted found it (the ticket example's seat log:
+    /// a seat sold twice, a write accepted with a token that did not rise).
+    Storage {
+        /// The rule, e.g. `"double sale"`.
+        rule: &'static str,
+        /// What broke it, readably.
+        detail: String,
     },
 }
 
@@ -130,13 +118,14 @@ pub struct Counts {
     pub unknown: usize,
     /// Lease overruns.
     pub overruns: usize,
-    /// Seat writes checked by [`check_seat_log`](crate::check_seat_log).
-    pub seat_writes: usize,
+    /// Writes to the protected storage checked by a domain check.
+    pub storage_writes: usize,
     /// Violations found.
     pub violations: usize,
 }
 
-/// What [`History::check`](crate::History::check) or [`check_seat_log`](crate::check_seat_log) found.
+/// What [`History::check`](crate::History::check) (or a domain check of the
+/// protected storage, merged in with [`Report::merge`]) found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     /// What makes the run wrong; empty for a correct run.
@@ -176,7 +165,7 @@ impl Report {
     }
 
     /// Adds `other`'s findings and counts to this report (e.g. the lock
-    /// history and the seat log of one run).
+    /// history and the storage check of one run).
     pub fn merge(mut self, other: Report) -> Report {
         self.violations.extend(other.violations);
         self.notes.extend(other.notes);
@@ -190,7 +179,7 @@ impl Report {
         a.released_lost += b.released_lost;
         a.unknown += b.unknown;
         a.overruns += b.overruns;
-        a.seat_writes += b.seat_writes;
+        a.storage_writes += b.storage_writes;
         a.violations = self.violations.len();
         self.origin = self.origin.or(other.origin);
         self
@@ -201,7 +190,7 @@ impl Report {
         let c = &self.counts;
         format!(
             "{} clients, {} acquires ({} granted, {} failed), {} held intervals, \
-             releases {} ok / {} lost, {} unknown, {} overruns, {} seat writes, {} violations",
+             releases {} ok / {} lost, {} unknown, {} overruns, {} storage writes, {} violations",
             c.clients,
             c.ops,
             c.acquired,
@@ -211,7 +200,7 @@ impl Report {
             c.released_lost,
             c.unknown,
             c.overruns,
-            c.seat_writes,
+            c.storage_writes,
             c.violations
         )
     }
@@ -270,22 +259,9 @@ impl fmt::Display for Report {
                     self.interval(earlier),
                     self.interval(later)
                 )?,
-                Violation::DoubleSale {
-                    ticket_id,
-                    first,
-                    second,
-                } => writeln!(
-                    f,
-                    "  DOUBLE SALE of seat {ticket_id}: {first} and again {second}"
-                )?,
-                Violation::FenceNotIncreasing {
-                    ticket_id,
-                    earlier,
-                    later,
-                } => writeln!(
-                    f,
-                    "  FENCE NOT INCREASING on seat {ticket_id}: {earlier} then {later}"
-                )?,
+                Violation::Storage { rule, detail } => {
+                    writeln!(f, "  {}: {detail}", rule.to_uppercase())?
+                }
             }
         }
         if self.violations.len() > SHOWN {

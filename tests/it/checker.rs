@@ -4,7 +4,7 @@
 //! the same workload passes on `MemoryLock` and on the backend without its
 //! flaw.
 
-mod workload;
+use crate::workload;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use distlock_api::{DistributedLock, DistributedLockExt, Instant, LockBackend, LockError, MemoryLock};
 
-mod support;
+use crate::support;
 use support::*;
 
 #[test]

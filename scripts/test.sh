@@ -3,15 +3,20 @@
 # servers (started by distlock-testkit), installing the server binaries first when
 # they are missing. Extra arguments go to `cargo test`.
 #
-#   scripts/test.sh                 # everything
-#   scripts/test.sh -p distlock-api     # one crate
+#   scripts/test.sh                      # everything, doc tests included
+#   scripts/test.sh -p distlock-api      # one crate
+#   scripts/test.sh -p distlock --test it redis_faults::   # one module
+#
+# "Everything" is the workspace's default members: the comparison crate
+# (scripts/compare.sh) and its peer crates are left out of this build.
+# Each crate's integration tests are one binary, tests/it/main.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pg_line="$(scripts/ensure-servers.sh | tail -n1)"
 export "${pg_line?}"
 
-cargo test --workspace --all-features "$@"
+cargo test --all-features "$@"
 
 # distlock-testkit must not leave servers behind: no redis-server, postgres or pgbouncer
 # process may still run out of one of its directories (their working

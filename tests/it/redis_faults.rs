@@ -6,8 +6,8 @@
 //! partition nemesis (holders cut off in the kernel for longer than the TTL)
 //! is at the end.
 
-mod nemesis;
-mod workload;
+use crate::nemesis;
+use crate::workload;
 
 use std::sync::Arc;
 use std::time::Duration;

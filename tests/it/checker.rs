@@ -4,7 +4,7 @@
 //! the same workload passes on `MemoryLock` and on the backend without its
 //! flaw.
 
-mod workload;
+use crate::workload;
 
 use std::sync::Arc;
 use std::time::Duration;

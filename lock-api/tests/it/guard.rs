@@ -10,7 +10,7 @@ use distlock_api::{
     DistributedLock, DistributedLockExt, Instant, LockBackend, LockError, MemoryLock,
 };
 
-mod support;
+use crate::support;
 use support::*;
 
 #[test]

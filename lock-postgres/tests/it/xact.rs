@@ -2,7 +2,7 @@
 //! exclusive with session locks on the same name, fencing tokens from the
 //! same sequence, and a timed wait that leaves the transaction usable.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@
 //! workers hold shared and the injector exclusively). Every other overlap
 //! is a double grant.
 
-mod nemesis;
+use crate::nemesis;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

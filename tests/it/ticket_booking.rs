@@ -2,7 +2,7 @@
 //! no ticket sold twice; and a holder that stalls past its TTL is stopped by
 //! the fencing token in the database.
 
-#[path = "../examples/ticket_booking/booking.rs"]
+#[path = "../../examples/ticket_booking/booking.rs"]
 mod booking;
 
 use std::collections::BTreeSet;

@@ -2,7 +2,7 @@
 //! vectors, agreement with the documented SQL formula on a real server, no
 //! collisions among a million random names, and locking by raw key.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

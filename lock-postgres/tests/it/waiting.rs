@@ -2,7 +2,7 @@
 //! released lock at once (not when its backoff ends), also after its
 //! listener lost its connection; with polling there is no listener at all.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! (`idle_session_timeout`) once the TTL has passed, which frees the lock.
 //! A released connection gets its default timeout back before it is reused.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Connecting: which URLs are ours, bounded failure when the server is not
 //! there, `sslmode` honoured, and passwords that never show.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

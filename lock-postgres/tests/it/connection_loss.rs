@@ -3,7 +3,7 @@
 //! release, and with renewal on within about a third of the TTL. The client
 //! itself keeps working.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

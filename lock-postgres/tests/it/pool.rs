@@ -2,7 +2,7 @@
 //! connection that may hold a lock — after a drop, a cancelled release or a
 //! cancelled acquire — ever goes back to the pool.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

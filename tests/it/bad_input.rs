@@ -7,7 +7,7 @@
 //! with a private CA) are in each backend's own `tests/`; the key encoding's
 //! properties are a proptest in `lock-redis/src/keys.rs`.
 
-mod workload;
+use crate::workload;
 
 use std::sync::Arc;
 use std::time::Duration;

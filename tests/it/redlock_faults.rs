@@ -13,7 +13,7 @@
 //! any failed call except those it names, with the reason, where it
 //! filters them. The scenarios run one at a time (see [`SERIAL`]).
 
-mod workload;
+use crate::workload;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -3,7 +3,7 @@
 //! TTL), every operation recorded and the history checked afterwards: zero
 //! violations, every release `Ok`, each seat's fenced writes consistent.
 
-mod workload;
+use crate::workload;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! it twice, and the history checker sees that — while the fencing token
 //! still keeps the protected write single.
 
-mod workload;
+use crate::workload;
 
 use std::sync::Arc;
 use std::time::Duration;

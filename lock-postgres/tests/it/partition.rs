@@ -7,7 +7,7 @@
 //!
 //! Needs root and iptables (distlock-testkit's `Partition`); fails without.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! may not use it, gets an error that says what to create or grant; a
 //! sequence that would hand out tokens out of order is refused.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -9,9 +9,12 @@ use crate::workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ticket_booking::seat_log::{
+    DOUBLE_SALE, FENCE_NOT_INCREASING, SeatAction, SeatWrite, check_seat_log,
+};
 use distlock_api::conformance::broken::{BrokenStore, Flaw};
 use distlock_api::{DistributedLock, Instant, MemoryLock};
-use distlock_testkit::{History, Note, Outcome, SeatAction, SeatWrite, Violation, check_seat_log};
+use distlock_testkit::{History, Note, Outcome, Violation};
 use workload::{Workload, within};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -247,18 +250,24 @@ fn seat_log_rules() {
     ];
     let report = check_seat_log(&good);
     report.assert_ok();
-    assert_eq!(report.counts.seat_writes, 4);
+    assert_eq!(report.counts.storage_writes, 4);
 
     let sold_twice = [write(1, 1, Book, 1), write(2, 1, Book, 2)];
     let report = check_seat_log(&sold_twice);
     assert!(
         matches!(
             &report.violations[..],
-            [Violation::DoubleSale { ticket_id: 1, .. }]
+            [Violation::Storage {
+                rule: DOUBLE_SALE,
+                ..
+            }]
         ),
         "{report}"
     );
-    assert!(report.to_string().contains("DOUBLE SALE of seat 1"));
+    assert!(
+        report.to_string().contains("DOUBLE SALE: seat 1"),
+        "{report}"
+    );
 
     let stale = [
         write(1, 1, Book, 5),
@@ -271,7 +280,7 @@ fn seat_log_rules() {
         report
             .violations
             .iter()
-            .all(|v| matches!(v, Violation::FenceNotIncreasing { ticket_id: 1, .. })),
+            .all(|v| matches!(v, Violation::Storage { rule: FENCE_NOT_INCREASING, detail } if detail.starts_with("seat 1:"))),
         "{report}"
     );
 }
@@ -301,7 +310,7 @@ async fn the_workload_passes_on_correct_locks() {
         assert_eq!(run.cycles, 16 * 50);
         assert!(run.release_errors.is_empty(), "{:?}", run.release_errors);
         assert_eq!(report.counts.intervals, 16 * 50);
-        assert_eq!(report.counts.seat_writes, 16 * 50);
+        assert_eq!(report.counts.storage_writes, 16 * 50);
     }
 }
 
@@ -310,10 +319,13 @@ async fn a_lock_that_always_grants_is_caught_in_the_history_and_the_seats() {
     let (report, _) = run_on(broken(Flaw::NoMutualExclusion)()).await;
     assert!(report.overlaps().count() > 0, "{report}");
     assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| matches!(v, Violation::DoubleSale { .. })),
+        report.violations.iter().any(|v| matches!(
+            v,
+            Violation::Storage {
+                rule: DOUBLE_SALE,
+                ..
+            }
+        )),
         "the seat log shows the double sales: {report}"
     );
 }

@@ -8,10 +8,10 @@ use crate::workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ticket_booking::seat_log::check_seat_log;
 use distlock::postgres::PgAdvisoryLock;
 use distlock::redis::RedisLock;
 use distlock_api::{DistributedLock, MemoryLock};
-use distlock_testkit::check_seat_log;
 use workload::{Workload, within};
 
 const CLIENTS: usize = 64;
@@ -44,7 +44,7 @@ async fn load(backend: &str, locks: Arc<dyn DistributedLock>) {
     assert_eq!(c.acquired, CLIENTS * CYCLES);
     assert_eq!(c.intervals, CLIENTS * CYCLES, "every grant held a while");
     assert_eq!(c.released_ok, CLIENTS * CYCLES);
-    assert_eq!(c.seat_writes, CLIENTS * CYCLES);
+    assert_eq!(c.storage_writes, CLIENTS * CYCLES);
     assert_eq!(c.unknown, 0);
     assert_eq!(c.overruns, 0, "{:?}", report.notes);
     assert_eq!(

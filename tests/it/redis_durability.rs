@@ -9,11 +9,10 @@ use crate::workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ticket_booking::seat_log::{SeatAction, check_seat_log};
 use distlock::redis::{RedisLock, redis};
 use distlock_api::{DistributedLock, Instant};
-use distlock_testkit::{
-    Held, History, Outcome, RedisOptions, RedisServer, SeatAction, check_seat_log,
-};
+use distlock_testkit::{Held, History, Outcome, RedisOptions, RedisServer};
 use workload::{SeatStore, Workload, within};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -130,7 +129,7 @@ async fn with_appendfsync_always_a_held_lock_survives_kill_9() {
     report.assert_ok();
     assert_eq!(report.counts.acquired, 5);
     assert_eq!(report.counts.failed, 2);
-    assert_eq!(report.counts.seat_writes, 5);
+    assert_eq!(report.counts.storage_writes, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,10 @@ use crate::workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ticket_booking::seat_log::{SeatAction, check_seat_log};
 use distlock::redis::{RedisLock, redis};
 use distlock_api::{DistributedLock, Instant, LockError};
-use distlock_testkit::{History, LinkProxy, RedisServer, SeatAction, Violation, check_seat_log};
+use distlock_testkit::{History, LinkProxy, RedisServer, Violation};
 use workload::{SeatStore, Workload, within};
 
 const TTL: Duration = Duration::from_secs(10);

@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::ticket_booking::seat_log::check_seat_log;
 use distlock::redis::{RedisLock, Redlock, redis};
 use distlock_api::{DistributedLock, Instant, LockError};
-use distlock_testkit::{
-    History, LinkProxy, RedisCluster, RedisOptions, RedisServer, Report, check_seat_log,
-};
+use distlock_testkit::{History, LinkProxy, RedisCluster, RedisOptions, RedisServer, Report};
 use tokio::sync::watch;
 use workload::{SeatStore, unique, within};
 

@@ -4,6 +4,7 @@
 
 #[path = "../../examples/ticket_booking/booking.rs"]
 mod booking;
+pub(crate) mod seat_log;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use distlock::redis::RedisLock;
 use distlock::{DistributedLock, MemoryLock};
 // The seat log lives beside these tests (tests/ticket_booking/seat_log.rs);
 // distlock-testkit compiles it in, for the other root tests that use it too.
-use distlock_testkit::{SeatAction, SeatWrite, check_seat_log};
+
+use seat_log::{SeatAction, SeatWrite, check_seat_log};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;

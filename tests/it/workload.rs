@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::ticket_booking::seat_log::{SeatAction, SeatWrite};
 use distlock_api::{DistributedLock, Instant, LockError};
-use distlock_testkit::{History, SeatAction, SeatWrite};
+use distlock_testkit::History;
 
 /// Awaits `future` for at most `limit`, or fails the test naming `what`.
 pub(crate) async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {

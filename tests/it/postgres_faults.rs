@@ -788,7 +788,7 @@ async fn statement_timeout_and_lock_timeout_are_honoured() {
     assert_eq!(left, 0);
 }
 
-/// The standing partition nemesis (see `tests/nemesis`): holders cut off in
+/// The standing partition nemesis (see `tests/it/nemesis.rs`): holders cut off in
 /// the kernel for longer than the TTL, so that only the server's timers —
 /// `idle_session_timeout`, and TCP's, which the TTL bounds — can free their
 /// locks; no one may be granted a lock a partitioned holder's guard still

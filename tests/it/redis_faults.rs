@@ -1,7 +1,7 @@
 //! Redis faults with the history checked afterwards: the server killed while
 //! locks are held, frozen, a holder stalled past its TTL, a slow link and a
 //! cut link. Each scenario runs in bounded time; the single-operation
-//! behaviour is in `lock-redis/tests/faults.rs`, this file adds concurrent
+//! behaviour is in `lock-redis/tests/it/faults.rs`, this file adds concurrent
 //! holders and waiters and the mutual-exclusion check. The standing
 //! partition nemesis (holders cut off in the kernel for longer than the TTL)
 //! is at the end.
@@ -399,7 +399,7 @@ async fn a_cut_link_is_a_connection_error_in_bounded_time() {
     assert_eq!(report.counts.unknown, 2, "the two calls over the cut link");
 }
 
-/// The standing partition nemesis (see `tests/nemesis`): holders cut off in
+/// The standing partition nemesis (see `tests/it/nemesis.rs`): holders cut off in
 /// the kernel for longer than the TTL; the key expires on the server, and
 /// no one may be granted a lock a partitioned holder's guard still counts on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! clients (each with its own connection) over a few names, records every
 //! acquire and release in a [`History`] and writes to seats that check the
 //! fencing token. The single-operation cases are in
-//! `lock-redis/tests/redlock.rs` and `lock-redis/tests/cluster.rs`.
+//! `lock-redis/tests/it/redlock.rs` and `lock-redis/tests/it/cluster.rs`.
 //!
 //! Faults are injected on events (a number of completed cycles, a kind of
 //! failure seen), never after a sleep; every call is bounded. A scenario

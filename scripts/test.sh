@@ -18,6 +18,19 @@ export "${pg_line?}"
 
 cargo test --all-features "$@"
 
+# The examples check themselves: an axum service booking one ticket under
+# 32 concurrent requests, and a job that must run on one instance per round
+# (cargo test above built them, so this build has nothing to do).
+if [[ $# -eq 0 ]]; then
+    cargo build --all-features --examples
+    examples="${CARGO_TARGET_DIR:-target}/debug/examples"
+    "$examples/axum_booking" --self-test
+    "$examples/axum_booking" --self-test --throwaway redis
+    "$examples/axum_booking" --self-test --throwaway postgres
+    "$examples/background_job" --self-check
+    "$examples/background_job" --self-check --throwaway redis
+fi
+
 # distlock-testkit must not leave servers behind: no redis-server, postgres or pgbouncer
 # process may still run out of one of its directories (their working
 # directory is the server's data directory under distlock-testkit-<uid>/).

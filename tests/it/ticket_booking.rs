@@ -14,9 +14,6 @@ use booking::{BoxOffice, Outcome};
 use distlock::postgres::PgAdvisoryLock;
 use distlock::redis::RedisLock;
 use distlock::{DistributedLock, MemoryLock};
-// The seat log lives beside these tests (tests/ticket_booking/seat_log.rs);
-// distlock-testkit compiles it in, for the other root tests that use it too.
-
 use seat_log::{SeatAction, SeatWrite, check_seat_log};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -5,7 +5,7 @@
 //! The rules and an example are on [`History`]. The checker knows locks,
 //! not what they protect: the ticket example's seat log, which checks the
 //! protected data, lives beside the example's tests
-//! (`tests/ticket_booking/seat_log.rs`).
+//! (`tests/it/ticket_booking/seat_log.rs`).
 
 mod check;
 mod model;

@@ -1,5 +1,8 @@
 //! The guard a caller holds while it owns a lock: validity, extend, release,
 //! release-on-drop, loss notification and opt-in background renewal.
+//!
+//! Slightly over 600 lines: the guard, its one release task and its renewal
+//! task share one state (`Shared`) whose invariants are argued once, here.
 
 use std::fmt;
 use std::future::Future;

@@ -1,4 +1,8 @@
 //! [`RedisLock`]: the backend, and [`RedisLease`]: one granted lock.
+//!
+//! Slightly over 600 lines: the lease's state machine (maybe held,
+//! released, not held) is read against the acquire that sets it, and the
+//! token construction's fork argument sits next to its one user.
 
 use std::fmt;
 use std::sync::Arc;

@@ -18,6 +18,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=()
+# The full run measures optimised code (release); the smoke run only shows
+# that every section runs, so it builds with the `quick` profile (release at
+# opt-level 1: about half the compile time, numbers not comparable).
+profile=release
 # Full run: shorter than Criterion's defaults (3 s + 5 s, 100 samples) so
 # the whole run stays well within 15 minutes on 2 cores.
 criterion_args=(--warm-up-time 1 --measurement-time 3 --sample-size 50)
@@ -25,6 +29,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick)
             quick=(--quick)
+            profile=quick
             criterion_args=(--warm-up-time 0.2 --measurement-time 0.5 --sample-size 10)
             ;;
         *) echo "usage: scripts/compare.sh [--quick]" >&2; exit 2 ;;
@@ -34,16 +39,16 @@ done
 pg_line="$(scripts/ensure-servers.sh | tail -n1)"
 export "${pg_line?}"
 
-echo "=== building the comparison run (release)"
-cargo build --release -p distlock-comparison --bins --benches
+echo "=== building the comparison run (profile $profile)"
+cargo build --profile "$profile" -p distlock-comparison --bins --benches
 
 started=$(date +%s)
 echo "=== Criterion groups: lock cycle, every implementation side by side"
-cargo bench -p distlock-comparison --bench cycle -- "${criterion_args[@]}"
+cargo bench --profile "$profile" -p distlock-comparison --bench cycle -- "${criterion_args[@]}"
 
 echo "=== sampled measurements"
 DISTLOCK_COMPARE_COMMAND="scripts/compare.sh${quick[*]:+ ${quick[*]}}" \
-    cargo run --release -q -p distlock-comparison --bin distlock-compare -- "${quick[@]}" --out target/comparison
+    cargo run --profile "$profile" -q -p distlock-comparison --bin distlock-compare -- "${quick[@]}" --out target/comparison
 
 for file in report.md results.json cycle_throughput.svg topology_throughput.svg hand_off.svg hold_cost.svg booking.svg; do
     [[ -s "target/comparison/$file" ]] || { echo "error: target/comparison/$file was not written" >&2; exit 1; }

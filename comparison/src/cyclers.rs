@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use distlock::DistributedLock;
+use distlock_postgres::{PgAdvisoryLock, PgLockOptions, WaitStrategy};
+use distlock_redis::RedisLock;
 use distributed_lock_core::{DistributedLock as _, LockHandle as _, LockProvider as _};
 use distributed_lock_postgres::PostgresLockProvider;
 use distributed_lock_redis::RedisLockProvider;
-use distlock_postgres::{PgAdvisoryLock, PgLockOptions, WaitStrategy};
-use distlock_redis::RedisLock;
 use redis::aio::ConnectionManager;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use distlock::{DistributedLock, LockGuard};
-use futures::{StreamExt, TryStreamExt, stream};
 use distlock_postgres::PgLockOptions;
 use distlock_redis::RedisLock;
 use distlock_testkit::{PgServer, RedisServer};
+use futures::{StreamExt, TryStreamExt, stream};
 use sqlx::postgres::{PgConnection, PgDatabaseError};
 use sqlx::{Connection, Executor};
 

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p distlock-comparison -- [--quick] [--out DIR]
+//! cargo run --release -p distlock-comparison -- --help
 //! ```
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Parser;
 use distlock::DistributedLock;
 use distlock_comparison::cyclers::{
     Cycler, Distlock, DlPg, DlRedis, POSTGRES, REDIS, REDIS_CLUSTER, RawPg, RawRedis, RsLock,
@@ -71,17 +73,35 @@ const BOOKING_POOL: u32 = 20;
 const BOOKING_CLIENTS: usize = 16;
 const TICKETS: i64 = 1000;
 
+/// Measures distlock's Redis and PostgreSQL backends side by side, with the
+/// raw clients and the peer crates, on throwaway servers it starts itself.
+///
+/// Sections: the lock cycle (latency and throughput at 1, 16 and 64 tasks),
+/// hand-off to the next waiter, the cost and capacity of held locks, booking
+/// transactions while locks are held, and one Redis server against Redlock
+/// and a cluster. Prints each section as it finishes, then writes report.md,
+/// results.json and SVG charts to the output directory. scripts/compare.sh
+/// runs it after the Criterion groups: run that for the whole comparison.
+#[derive(Parser)]
+#[command(
+    name = "distlock-compare",
+    version,
+    after_help = "Environment:\n  \
+        DISTLOCK_COMPARE_COMMAND  the command recorded in the report as the one that made it\n  \
+        DISTLOCK_PG_BIN           the directory of the PostgreSQL binaries to start"
+)]
+struct Args {
+    /// A smoke run (what CI runs): shorter samples, fewer hand-offs, held
+    /// locks and booking levels.
+    #[arg(long)]
+    quick: bool,
+    /// Where report.md, results.json and the charts are written.
+    #[arg(long, value_name = "DIR", default_value = "target/comparison")]
+    out: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut quick = false;
-    let mut out = PathBuf::from("target/comparison");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--out" => out = args.next().context("--out needs a directory")?.into(),
-            other => anyhow::bail!("unknown argument {other:?} (expected --quick, --out DIR)"),
-        }
-    }
+    let Args { quick, out } = Args::parse();
     let plan = if quick { QUICK } else { FULL };
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
 

@@ -1,7 +1,7 @@
 //! The box office: books and cancels tickets stored in PostgreSQL, one
 //! distributed lock per ticket, with every write fenced by the lock's token.
 //!
-//! Shared by `examples/ticket_booking` and `tests/ticket_booking.rs`; each
+//! Shared by `examples/ticket_booking` and `tests/it/ticket_booking.rs`; each
 //! uses part of it.
 #![allow(dead_code)]
 

@@ -26,44 +26,59 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use booking::{BoxOffice, Outcome};
+use clap::Parser;
 use distlock::DistributedLock;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: ticket_booking [--backend redis|postgres|memory]";
+/// Books concert tickets under a distributed lock, and shows what its fencing
+/// token is for.
+///
+/// Eight customers rush for the last three tickets; then a holder that stalls
+/// past its TTL is turned away by the fencing token in the database. The
+/// tickets live in PostgreSQL; the locks in the backend you choose.
+/// Throwaway servers are started for the run unless REDIS_URL /
+/// DATABASE_URL point it at your own.
+#[derive(clap::Parser)]
+#[command(name = "ticket_booking")]
+struct Args {
+    /// Where the locks live.
+    #[arg(long, value_enum, default_value_t = Backend::Redis)]
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    /// One throwaway redis-server (or REDIS_URL).
+    Redis,
+    /// PostgreSQL advisory locks, in the tickets' server (or DATABASE_URL).
+    Postgres,
+    /// In-process locks (MemoryLock).
+    Memory,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Redis => "redis",
+            Backend::Postgres => "postgres",
+            Backend::Memory => "memory",
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let backend = match parse_backend(std::env::args().skip(1)) {
-        Ok(backend) => backend,
-        Err(message) => {
-            eprintln!("{message}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&backend).await {
+    // A usage error exits with status 2, --help with 0.
+    let args = Args::parse();
+    match run(args.backend.name()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn parse_backend(mut args: impl Iterator<Item = String>) -> Result<String, String> {
-    let mut backend = "redis".to_owned();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--backend" => backend = args.next().ok_or("--backend needs a value")?,
-            "-h" | "--help" => return Err("books tickets under a distributed lock".to_owned()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    match backend.as_str() {
-        "redis" | "postgres" | "memory" => Ok(backend),
-        other => Err(format!("unknown backend {other:?}")),
     }
 }
 

@@ -6,9 +6,10 @@
 //!   `release`, release on drop, `lost()`, opt-in `auto_renew`).
 //! - [`DistributedLockExt::with_lock`]: run a closure under a renewed lock.
 //! - [`LockError`]: one error type, with typed variants for bad input.
-//! - [`LockBackend`] and [`Lease`]: the small interface a backend implements;
-//!   waiting (jittered exponential backoff plus wake-ups), guards and renewal
-//!   are built on it here, once.
+//! - [`backend`]: the small interface a backend implements
+//!   ([`backend::LockBackend`], [`backend::Lease`]) and
+//!   the pieces backends share; waiting (jittered exponential backoff plus
+//!   wake-ups), guards and renewal are built on it here, once.
 //! - [`MemoryLock`]: an in-process backend for tests.
 //! - `conformance` (feature `conformance`): the behaviour suite every backend
 //!   must pass.
@@ -16,20 +17,23 @@
 //! # Flow of one lock
 //!
 //! `acquire` validates the name and TTL, subscribes to wake-ups for the name,
-//! then calls [`LockBackend::try_lock`] until it succeeds or the wait runs out,
+//! then calls [`backend::LockBackend::try_lock`] until it succeeds or the wait runs out,
 //! sleeping between attempts for a jittered backoff — or less, when the
 //! backend says when the holder's lease ends or signals a release. A granted
-//! [`Lease`] is wrapped in a [`LockGuard`] with no await point in between, so a
+//! [`backend::Lease`] is wrapped in a [`LockGuard`] with no await point in between, so a
 //! cancelled acquire never leaves a lock behind. The guard's validity is
 //! `attempt start + ttl − drift` on the monotonic clock; `extend` and the
 //! renewal task move it forward; `release` or drop give the lease back.
 //!
 //! # Observability
 //!
-//! Every backend built on [`LockBackend`] reports the same things, from this
+//! Every backend built on [`backend::LockBackend`] reports the same things, from this
 //! crate's waiting loop, guard and renewal task.
 //!
-//! **Tracing** (the `tracing` crate; targets `distlock_api::*`). Lock names and
+//! **Tracing** (the `tracing` crate). Every target of every distlock crate
+//! starts with `distlock` (`distlock_api::…`, `distlock_redis::…`,
+//! `distlock_postgres::…`), so `RUST_LOG=distlock=debug` (or a
+//! `Targets`/`EnvFilter` directive `distlock=debug`) selects them all. Lock names and
 //! fencing tokens are logged; nothing from connection URLs ever is. A
 //! successful acquire–release cycle logs nothing at `INFO` or above.
 //!
@@ -45,7 +49,7 @@
 //!
 //! **Metrics** (feature `metrics`, through the `metrics` facade crate; see
 //! `distlock_api::metrics` for details and `describe()`), all labelled by
-//! `backend` ([`LockBackend::kind`]), never by lock name:
+//! `backend` ([`backend::LockBackend::kind`]), never by lock name:
 //!
 //! | Name | Type | Extra labels | Meaning |
 //! |------|------|--------------|---------|
@@ -62,7 +66,7 @@
 //! | `distlock_releases_total` | counter | `outcome` | releases, explicit or on drop: `ok`, `lost`, `error` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod backend;
+pub mod backend;
 mod error;
 mod ext;
 mod guard;
@@ -81,7 +85,6 @@ pub mod conformance;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 
-pub use backend::{Attempt, Lease, LockBackend};
 pub use error::{BoxError, LockError};
 pub use ext::DistributedLockExt;
 pub use guard::{LockContext, LockGuard};
@@ -89,7 +92,11 @@ pub use lock::DistributedLock;
 pub use memory::{MEMORY_MAX_TTL, MemoryLease, MemoryLock};
 pub use rules::{MAX_NAME_LEN, MIN_TTL, validate_name, validate_ttl};
 pub use timing::{Backoff, Drift};
-pub use wakeup::{WakeHub, Wakeup};
+
+// The backend interface used to live at the crate root: these keep old
+// paths compiling without putting backend plumbing on the front page.
+#[doc(hidden)]
+pub use backend::{Attempt, Lease, LockBackend, WakeHub, Wakeup};
 
 /// Re-exported so backends and tests name the same Tokio clock type the
 /// guards use for [`LockGuard::valid_until`].

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
+use crate::backend::{Attempt, AttemptContext, Deadline, LockBackend, Wakeup};
 use crate::guard::BackendInfo;
 use crate::observe;
-use crate::{Attempt, LockBackend, LockError, LockGuard, Wakeup, validate_name, validate_ttl};
+use crate::{LockError, LockGuard, validate_name, validate_ttl};
 
 /// A distributed lock service: named locks with a TTL and a fencing token.
 ///
@@ -62,6 +63,13 @@ pub trait DistributedLock: Send + Sync {
     /// wait: the server may be back (a restart, a reconnect) before the
     /// deadline, so attempts go on with the same backoff.
     ///
+    /// Each attempt is told the deadline (see
+    /// [`AttemptContext`](crate::backend::AttemptContext)), so a backend
+    /// that has to wait for something of its own — PostgreSQL for a free
+    /// pooled connection — waits no longer than the caller does, and what
+    /// it then reports is what the call returns (and what its span and
+    /// metrics record).
+    ///
     /// # Errors
     ///
     /// As [`try_acquire`](DistributedLock::try_acquire), plus
@@ -85,20 +93,7 @@ pub trait DistributedLock: Send + Sync {
 #[async_trait]
 impl<B: LockBackend> DistributedLock for B {
     async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
-        let span = observe::try_acquire_span(name, self.kind(), ttl);
-        observe::acquire_started(self.kind());
-        let started = Instant::now();
-        let result = match validate_name(name).and_then(|()| validate_ttl(ttl, self.max_ttl())) {
-            Ok(()) => attempt(self, name, ttl, started, &span).await,
-            Err(err) => Err(err),
-        };
-        observe::acquire_finished(
-            &span,
-            self.kind(),
-            started,
-            result.as_ref().map(Option::as_ref),
-        );
-        result
+        try_acquire_with(self, name, ttl, |name| self.key(name)).await
     }
 
     async fn acquire(
@@ -107,133 +102,190 @@ impl<B: LockBackend> DistributedLock for B {
         ttl: Duration,
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
-        // The span covers the whole call; only the backend's attempts run
-        // inside it (instrumenting the whole wait would move its large
-        // future on every call, which the uncontended path would pay for).
-        let span = observe::acquire_span(name, self.kind(), ttl, wait);
-        observe::acquire_started(self.kind());
-        let started = Instant::now();
-        let backend = self;
-        let result = 'acquire: {
-            if let Err(err) =
-                validate_name(name).and_then(|()| validate_ttl(ttl, backend.max_ttl()))
-            {
-                break 'acquire Err(err);
-            }
-            if wait.is_zero() {
-                break 'acquire match attempt(backend, name, ttl, started, &span).await {
-                    Ok(guard) => guard.ok_or(LockError::Timeout),
-                    Err(err) => Err(err),
+        acquire_with(self, name, ttl, wait, |name| self.key(name)).await
+    }
+}
+
+/// [`DistributedLock::try_acquire`] on `backend` with the key `key_of`
+/// makes from the (validated) name, for backends that lock by more than
+/// one key scheme (a name, or a raw key the application owns): see
+/// [`backend`](crate::backend).
+///
+/// # Errors
+///
+/// As [`DistributedLock::try_acquire`], plus what `key_of` returns.
+pub async fn try_acquire_with<B: LockBackend>(
+    backend: &B,
+    name: &str,
+    ttl: Duration,
+    key_of: impl FnOnce(&str) -> Result<B::Key, LockError> + Send,
+) -> Result<Option<LockGuard>, LockError> {
+    let span = observe::try_acquire_span(name, backend.kind(), ttl);
+    observe::acquire_started(backend.kind());
+    let started = Instant::now();
+    let result = match validate_name(name)
+        .and_then(|()| validate_ttl(ttl, backend.max_ttl()))
+        .and_then(|()| key_of(name))
+    {
+        Ok(key) => {
+            let ctx = AttemptContext::once();
+            attempt(backend, name, &key, ttl, started, &ctx, &span).await
+        }
+        Err(err) => Err(err),
+    };
+    observe::acquire_finished(
+        &span,
+        backend.kind(),
+        started,
+        result.as_ref().map(Option::as_ref),
+    );
+    result
+}
+
+/// How long past the caller's deadline an attempt may run before the
+/// waiting loop cuts it. Attempts are told the deadline and should end by
+/// it with their own error; this only catches one that does not.
+const OVERRUN: Duration = Duration::from_millis(20);
+
+/// [`DistributedLock::acquire`] on `backend` with the key `key_of` makes
+/// from the (validated) name (see [`try_acquire_with`]).
+///
+/// # Errors
+///
+/// As [`DistributedLock::acquire`], plus what `key_of` returns.
+pub async fn acquire_with<B: LockBackend>(
+    backend: &B,
+    name: &str,
+    ttl: Duration,
+    wait: Duration,
+    key_of: impl FnOnce(&str) -> Result<B::Key, LockError> + Send,
+) -> Result<LockGuard, LockError> {
+    // The span covers the whole call; only the backend's attempts run
+    // inside it (instrumenting the whole wait would move its large
+    // future on every call, which the uncontended path would pay for).
+    let span = observe::acquire_span(name, backend.kind(), ttl, wait);
+    observe::acquire_started(backend.kind());
+    let started = Instant::now();
+    let result = 'acquire: {
+        let key = match validate_name(name)
+            .and_then(|()| validate_ttl(ttl, backend.max_ttl()))
+            .and_then(|()| key_of(name))
+        {
+            Ok(key) => key,
+            Err(err) => break 'acquire Err(err),
+        };
+        if wait.is_zero() {
+            let ctx = AttemptContext::no_wait(started);
+            break 'acquire match attempt(backend, name, &key, ttl, started, &ctx, &span).await {
+                Ok(guard) => guard.ok_or(LockError::Timeout),
+                Err(err) => Err(err),
+            };
+        }
+        let deadline = started.checked_add(wait);
+        let limit = deadline.map_or(Deadline::Never, Deadline::At);
+        // Registered before the first attempt, so no release can slip between
+        // a failed attempt and the wait that follows it.
+        let mut wakeup = backend
+            .subscribe(&key, &AttemptContext::new(limit, 0))
+            .await;
+        let backoff = backend.backoff();
+        let mut failures: u32 = 0;
+        // The connection error of the latest attempt, if it failed with one:
+        // what the caller gets at the deadline instead of `Timeout`.
+        let mut last_error: Option<LockError> = None;
+        // Waiters of this process queue up: one that arrives behind others
+        // waits for its turn instead of racing them for the lock.
+        let mut attempt_now = wakeup.as_ref().is_none_or(Wakeup::is_first);
+        loop {
+            let mut retry_after = None;
+            if attempt_now {
+                let try_started = Instant::now();
+                let ctx = AttemptContext::new(limit, failures.saturating_add(1));
+                let try_lock = backend.try_lock(&key, ttl, &ctx).instrument(span.clone());
+                let outcome = match deadline.and_then(|deadline| deadline.checked_add(OVERRUN)) {
+                    Some(cut) => match tokio::time::timeout_at(cut, try_lock).await {
+                        Ok(outcome) => outcome,
+                        // The attempt ignored its deadline; it counts as made.
+                        Err(_) => Err(LockError::Timeout),
+                    },
+                    None => try_lock.await,
                 };
-            }
-            let deadline = started.checked_add(wait);
-            // Registered before the first attempt, so no release can slip between
-            // a failed attempt and the wait that follows it.
-            let mut wakeup = backend.subscribe(name).await;
-            let backoff = backend.backoff();
-            let mut failures: u32 = 0;
-            // The connection error of the latest attempt, if it failed with one:
-            // what the caller gets at the deadline instead of `Timeout`.
-            let mut last_error: Option<LockError> = None;
-            // Waiters of this process queue up: one that arrives behind others
-            // waits for its turn instead of racing them for the lock.
-            let mut attempt_now = wakeup.as_ref().is_none_or(Wakeup::is_first);
-            loop {
-                let mut retry_after = None;
-                if attempt_now {
-                    let try_started = Instant::now();
-                    let outcome = match deadline {
-                        Some(deadline) => {
-                            match tokio::time::timeout_at(
-                                deadline,
-                                backend.try_lock(name, ttl).instrument(span.clone()),
-                            )
-                            .await
-                            {
-                                Ok(outcome) => outcome,
-                                Err(_) => {
-                                    // The attempt in flight counts as made.
-                                    let attempts = failures.saturating_add(1);
-                                    break 'acquire Err(last_error.unwrap_or_else(|| {
-                                        timed_out(backend, name, started, &span, attempts)
-                                    }));
-                                }
-                            }
-                        }
-                        None => backend.try_lock(name, ttl).instrument(span.clone()).await,
-                    };
-                    match outcome {
-                        Ok(Attempt::Acquired {
-                            lease,
-                            fencing_token,
-                        }) => {
-                            let guard =
-                                grant(backend, name, ttl, try_started, lease, fencing_token);
-                            // Leaving the line wakes the next waiter, whose
-                            // attempt tells the server that someone still waits.
-                            drop(wakeup);
-                            observe::record_attempts(&span, failures.saturating_add(1));
-                            break 'acquire Ok(guard);
-                        }
-                        Ok(Attempt::Held { retry_after: left }) => {
-                            last_error = None;
-                            retry_after = left;
-                        }
-                        // The server may be back before the deadline: keep trying.
-                        Err(err @ LockError::Connection(_)) => {
-                            tracing::debug!(
-                                lock.name = name,
-                                lock.backend = backend.kind(),
-                                error = %err,
-                                "lock attempt failed; retrying until the deadline"
-                            );
-                            last_error = Some(err);
-                        }
-                        Err(err) => break 'acquire Err(err),
+                match outcome {
+                    Ok(Attempt::Acquired {
+                        lease,
+                        fencing_token,
+                    }) => {
+                        let guard = grant(backend, name, ttl, try_started, lease, fencing_token);
+                        // Leaving the line wakes the next waiter, whose
+                        // attempt tells the server that someone still waits.
+                        drop(wakeup);
+                        observe::record_attempts(&span, failures.saturating_add(1));
+                        break 'acquire Ok(guard);
                     }
-                    failures = failures.saturating_add(1);
-                }
-                // The first in line retries on the backoff schedule (and on
-                // wake-ups); the others only now and then, as a safety net, and
-                // otherwise wait for a wake-up to be passed down the line.
-                let in_line = wakeup.as_ref().is_some_and(|wakeup| !wakeup.is_first());
-                let mut delay = if in_line {
-                    backoff.max / 2 + backoff.delay(u32::MAX) / 2
-                } else {
-                    backoff.delay(failures.saturating_sub(1))
-                };
-                if let Some(retry_after) = retry_after {
-                    delay = delay.min(retry_after);
-                }
-                let now = Instant::now();
-                let mut wake_at = now.checked_add(delay).unwrap_or(now);
-                if let Some(deadline) = deadline {
-                    if now >= deadline {
+                    Ok(Attempt::Held { retry_after: left }) => {
+                        last_error = None;
+                        retry_after = left;
+                    }
+                    // The server may be back before the deadline: keep trying.
+                    Err(err @ LockError::Connection(_)) => {
+                        tracing::debug!(
+                            lock.name = name,
+                            lock.backend = backend.kind(),
+                            error = %err,
+                            "lock attempt failed; retrying until the deadline"
+                        );
+                        last_error = Some(err);
+                    }
+                    // The attempt ran into the deadline.
+                    Err(LockError::Timeout) => {
+                        let attempts = failures.saturating_add(1);
                         break 'acquire Err(last_error.unwrap_or_else(|| {
-                            timed_out(backend, name, started, &span, failures)
+                            timed_out(backend, name, started, &span, attempts)
                         }));
                     }
-                    wake_at = wake_at.min(deadline);
+                    Err(err) => break 'acquire Err(err),
                 }
-                match wakeup.as_mut() {
-                    Some(wakeup) => {
-                        tokio::select! {
-                            () = wakeup.woken() => {}
-                            () = tokio::time::sleep_until(wake_at) => {}
-                        }
-                    }
-                    None => tokio::time::sleep_until(wake_at).await,
-                }
-                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                failures = failures.saturating_add(1);
+            }
+            // The first in line retries on the backoff schedule (and on
+            // wake-ups); the others only now and then, as a safety net, and
+            // otherwise wait for a wake-up to be passed down the line.
+            let in_line = wakeup.as_ref().is_some_and(|wakeup| !wakeup.is_first());
+            let mut delay = if in_line {
+                backoff.max / 2 + backoff.delay(u32::MAX) / 2
+            } else {
+                backoff.delay(failures.saturating_sub(1))
+            };
+            if let Some(retry_after) = retry_after {
+                delay = delay.min(retry_after);
+            }
+            let now = Instant::now();
+            let mut wake_at = now.checked_add(delay).unwrap_or(now);
+            if let Some(deadline) = deadline {
+                if now >= deadline {
                     break 'acquire Err(last_error
                         .unwrap_or_else(|| timed_out(backend, name, started, &span, failures)));
                 }
-                attempt_now = true;
+                wake_at = wake_at.min(deadline);
             }
-        };
-        observe::acquire_finished(&span, self.kind(), started, result.as_ref().map(Some));
-        result
-    }
+            match wakeup.as_mut() {
+                Some(wakeup) => {
+                    tokio::select! {
+                        () = wakeup.woken() => {}
+                        () = tokio::time::sleep_until(wake_at) => {}
+                    }
+                }
+                None => tokio::time::sleep_until(wake_at).await,
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break 'acquire Err(last_error
+                    .unwrap_or_else(|| timed_out(backend, name, started, &span, failures)));
+            }
+            attempt_now = true;
+        }
+    };
+    observe::acquire_finished(&span, backend.kind(), started, result.as_ref().map(Some));
+    result
 }
 
 fn timed_out<B: LockBackend>(
@@ -253,15 +305,18 @@ fn timed_out<B: LockBackend>(
     LockError::Timeout
 }
 
-/// One attempt, started at `started` (the guard's validity counts from it).
+/// The one attempt of `try_acquire` or of a zero wait, started at `started`
+/// (the guard's validity counts from it).
 async fn attempt<B: LockBackend>(
     backend: &B,
     name: &str,
+    key: &B::Key,
     ttl: Duration,
     started: Instant,
+    ctx: &AttemptContext,
     span: &Span,
 ) -> Result<Option<LockGuard>, LockError> {
-    let try_lock = backend.try_lock(name, ttl);
+    let try_lock = backend.try_lock(key, ttl, ctx);
     // Inside the span, so what the backend logs belongs to this acquire;
     // not even wrapped when nobody listens (the uncontended hot path).
     let outcome = if span.is_disabled() {
@@ -367,6 +422,7 @@ mod tests {
 
     #[async_trait]
     impl LockBackend for Flaky {
+        type Key = String;
         type Lease = crate::MemoryLease;
 
         fn kind(&self) -> &'static str {
@@ -377,10 +433,15 @@ mod tests {
             self.inner.max_ttl()
         }
 
+        fn key(&self, name: &str) -> Result<String, LockError> {
+            Ok(name.to_owned())
+        }
+
         async fn try_lock(
             &self,
-            name: &str,
+            key: &String,
             ttl: Duration,
+            ctx: &AttemptContext,
         ) -> Result<Attempt<Self::Lease>, LockError> {
             use std::sync::atomic::Ordering;
             if self
@@ -390,7 +451,7 @@ mod tests {
             {
                 return Err(LockError::connection("server restarting"));
             }
-            self.inner.try_lock(name, ttl).await
+            self.inner.try_lock(key, ttl, ctx).await
         }
     }
 

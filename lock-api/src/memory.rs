@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::{Attempt, Lease, LockBackend, LockError, WakeHub, Wakeup};
+use crate::LockError;
+use crate::backend::{Attempt, AttemptContext, Lease, LockBackend, WakeHub, Wakeup};
 
 /// The largest TTL [`MemoryLock`] accepts: ten years.
 pub const MEMORY_MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -139,6 +140,7 @@ fn expiry(now: Instant, ttl: Duration) -> Instant {
 
 #[async_trait]
 impl LockBackend for MemoryLock {
+    type Key = String;
     type Lease = MemoryLease;
 
     fn kind(&self) -> &'static str {
@@ -149,7 +151,16 @@ impl LockBackend for MemoryLock {
         MEMORY_MAX_TTL
     }
 
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<MemoryLease>, LockError> {
+    fn key(&self, name: &str) -> Result<String, LockError> {
+        Ok(name.to_owned())
+    }
+
+    async fn try_lock(
+        &self,
+        name: &String,
+        ttl: Duration,
+        _ctx: &AttemptContext,
+    ) -> Result<Attempt<MemoryLease>, LockError> {
         let now = Instant::now();
         let mut entries = self.inner.lock_entries();
         let entry = match entries.get_mut(name) {
@@ -177,7 +188,7 @@ impl LockBackend for MemoryLock {
         })
     }
 
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
+    async fn subscribe(&self, name: &String, _ctx: &AttemptContext) -> Option<Wakeup> {
         Some(self.inner.wakeups.subscribe(name))
     }
 }

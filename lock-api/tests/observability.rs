@@ -15,6 +15,27 @@ use distlock_api::{DistributedLock, LockError, MemoryLock};
 mod support;
 use support::*;
 
+/// An acquire on [`Starved`] with a 200 ms wait: it ends at the deadline
+/// with the backend's own connection error.
+async fn starved_acquire() {
+    let started = tokio::time::Instant::now();
+    let err = Starved
+        .acquire(
+            "starved",
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+        )
+        .await
+        .expect_err("never granted");
+    assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+    assert!(err.to_string().contains(STARVED), "{err}");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(200),
+        "ends at the deadline"
+    );
+}
+
 /// A current-thread runtime with a paused clock: renewal schedules run
 /// deterministically, and every task runs on the test's thread.
 fn runtime() -> tokio::runtime::Runtime {
@@ -39,12 +60,15 @@ mod tracing_output {
     struct SpanRecord {
         id: u64,
         name: &'static str,
+        target: &'static str,
+        level: Level,
         fields: Vec<(String, String)>,
     }
 
     #[derive(Debug, Clone)]
     struct EventRecord {
         level: Level,
+        target: &'static str,
         fields: Vec<(String, String)>,
     }
 
@@ -109,6 +133,8 @@ mod tracing_output {
                 captured.spans.push(SpanRecord {
                     id: id.into_u64(),
                     name: attrs.metadata().name(),
+                    target: attrs.metadata().target(),
+                    level: *attrs.metadata().level(),
                     fields,
                 });
             });
@@ -133,6 +159,7 @@ mod tracing_output {
                 event.record(&mut Fields(&mut fields));
                 captured.events.push(EventRecord {
                     level: *event.metadata().level(),
+                    target: event.metadata().target(),
                     fields,
                 });
             });
@@ -219,6 +246,25 @@ mod tracing_output {
         for span in &captured.spans {
             assert_no_secrets(&span.fields);
         }
+        // `RUST_LOG=distlock=debug` selects everything distlock reports.
+        let filter: tracing_subscriber::filter::Targets =
+            "distlock=debug".parse().expect("a filter");
+        for (target, level) in captured
+            .spans
+            .iter()
+            .map(|span| (span.target, span.level))
+            .chain(
+                captured
+                    .events
+                    .iter()
+                    .map(|event| (event.target, event.level)),
+            )
+        {
+            assert!(
+                filter.would_enable(target, &level),
+                "target {target} is not selected by distlock=debug"
+            );
+        }
     }
 
     #[test]
@@ -264,6 +310,23 @@ mod tracing_output {
                 .and_then(|n| n.parse::<u32>().ok())
                 .is_some_and(|n| n >= 1)
         );
+    }
+
+    /// An attempt that waits for a resource of its own until the deadline
+    /// returns its own error, and the span records that error, not a
+    /// timeout: what is recorded is what the caller gets.
+    #[test]
+    fn an_attempt_that_runs_into_the_deadline_reports_its_own_error() {
+        let captured = traced(starved_acquire);
+        let span = captured
+            .spans
+            .iter()
+            .find(|span| span.name == "distlock.acquire")
+            .expect("an acquire span");
+        assert_eq!(field(&span.fields, "outcome"), Some("error"));
+        assert_eq!(field(&span.fields, "lock.attempts"), None);
+        let messages: Vec<&str> = captured.events.iter().map(EventRecord::message).collect();
+        assert!(!messages.contains(&"lock wait timed out"), "{messages:?}");
     }
 
     #[test]
@@ -528,6 +591,21 @@ mod metrics_output {
             .find(|m| m.name == "distlock_lock_held_seconds")
             .and_then(|m| m.unit);
         assert_eq!(held_unit, Some(metrics::Unit::Seconds));
+    }
+
+    #[test]
+    fn an_attempt_that_runs_into_the_deadline_is_counted_as_its_error() {
+        let metrics = recorded(starved_acquire);
+        let starved = [("backend", "starved")];
+        assert_eq!(
+            counter(&metrics, "distlock_acquire_timeouts_total", &starved),
+            0
+        );
+        let connection = [("backend", "starved"), ("error", "connection")];
+        assert_eq!(
+            counter(&metrics, "distlock_acquire_errors_total", &connection),
+            1
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use sqlx::postgres::{PgDatabaseError, PgSeverity};
 
 /// Every connection this client may open is in use, and none came free in
 /// time. Returned inside [`LockError::Connection`] (reach it with
-/// [`std::error::Error::source`] and `downcast_ref`).
+/// [`LockError::get_ref`] and `downcast_ref`).
 ///
 /// Each held lock pins one connection until it is released, so a client
 /// holding as many locks as it has connections cannot take another: release

@@ -26,7 +26,7 @@ use crate::sql::EXTEND;
 /// release does the same. Only a connection whose unlock answered `true`
 /// (and whose `idle_session_timeout` was reset in the same statement) goes
 /// back to the pool.
-pub(crate) struct PgLease {
+pub struct PgLease {
     core: Arc<Core>,
     key: i64,
     /// `pg_backend_pid()` of the session that took the lock: extend and

@@ -310,6 +310,7 @@ pub mod xact;
 
 pub use error::PoolExhausted;
 pub use key::{KEY_SQL, lock_key, lock_key_in};
+pub use lease::PgLease;
 pub use lock::PgAdvisoryLock;
 pub use options::{PgLockOptions, TcpKeepalives, WaitStrategy};
 pub use xact::XactLocks;

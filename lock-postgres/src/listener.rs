@@ -1,139 +1,92 @@
-//! One `LISTEN` connection per client, turning other clients' release
-//! notifications into wake-ups for the waiters in this process.
+//! The PostgreSQL side of the wake-up listener: one `LISTEN` session per
+//! client, whose notifications name released keys. The loop around it
+//! (started by the first waiter, resubscribing with jittered backoff,
+//! waking everyone after a gap) is distlock-api's [`Listener`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use distlock_api::{Backoff, WakeHub};
+use async_trait::async_trait;
+use distlock_api::LockError;
+use distlock_api::backend::{Backoff, Listener, Message, Subscription, WakeHub};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// No waiter has asked yet.
-    Idle,
-    /// The first connection is being made.
-    Starting,
-    /// `LISTEN` is active.
-    Listening,
-    /// The connection failed; retrying in the background. Waiters do not
-    /// wait for it (backoff covers them meanwhile).
-    Reconnecting,
-}
+use crate::error::from_sqlx;
 
-/// The listener of one client. Started by the first waiter, stopped when
-/// the client's last handle is dropped.
-pub(crate) struct Listener {
-    inner: Arc<Shared>,
-    started: AtomicBool,
-    state: watch::Receiver<State>,
-}
-
-struct Shared {
-    pool: PgPool,
+/// A listener on `channel`, idle until the first waiter calls
+/// [`Listener::ready`].
+pub(crate) fn listener(
+    options: PgConnectOptions,
+    connect_timeout: Duration,
     channel: String,
     hub: WakeHub,
-    state: watch::Sender<State>,
-    stop: CancellationToken,
-}
-
-impl Listener {
-    pub(crate) fn new(
-        options: PgConnectOptions,
-        connect_timeout: Duration,
-        channel: String,
-        hub: WakeHub,
-        stop: CancellationToken,
-    ) -> Self {
-        // A pool of one, used only so PgListener can reconnect by itself.
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(connect_timeout)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(options);
-        let (state, receiver) = watch::channel(State::Idle);
-        Listener {
-            inner: Arc::new(Shared {
-                pool,
-                channel,
-                hub,
-                state,
-                stop,
-            }),
-            started: AtomicBool::new(false),
-            state: receiver,
-        }
-    }
-
-    /// Starts listening if nobody has yet, and waits (at most `limit`) for
-    /// the first `LISTEN` to be in place, so a waiter that subscribed before
-    /// its attempt cannot miss the release that follows it.
-    pub(crate) async fn ensure_listening(&self, limit: Duration) {
-        if !self.started.swap(true, Ordering::AcqRel) {
-            self.inner.state.send_replace(State::Starting);
-            tokio::spawn(run(Arc::clone(&self.inner)));
-        }
-        let mut state = self.state.clone();
-        let _ = tokio::time::timeout(
-            limit,
-            state.wait_for(|s| matches!(s, State::Listening | State::Reconnecting)),
-        )
-        .await;
-    }
-}
-
-async fn run(shared: Arc<Shared>) {
+) -> Listener {
+    // A pool of one, used only so PgListener can reconnect by itself.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(connect_timeout)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options);
     let backoff = Backoff {
         initial: Duration::from_millis(50),
         max: Duration::from_secs(2),
     };
-    let mut failures: u32 = 0;
-    loop {
+    Listener::new(
+        Notifications {
+            pool,
+            channel,
+            connect_timeout,
+        },
+        hub,
+        backoff,
+        None,
+    )
+}
+
+/// `LISTEN` on the release channel.
+struct Notifications {
+    pool: PgPool,
+    channel: String,
+    connect_timeout: Duration,
+}
+
+#[async_trait]
+impl Subscription for Notifications {
+    type Feed = PgListener;
+
+    async fn subscribe(&mut self) -> Result<PgListener, LockError> {
         let connect = async {
-            let mut listener = PgListener::connect_with(&shared.pool).await?;
-            listener.listen(&shared.channel).await?;
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(&self.channel).await?;
             Ok::<_, sqlx::Error>(listener)
         };
-        let connected = tokio::select! {
-            () = shared.stop.cancelled() => return,
-            connected = connect => connected,
-        };
-        let mut listener = match connected {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::debug!(error = %err, "distlock listener could not connect; retrying");
-                shared.state.send_replace(State::Reconnecting);
-                let delay = backoff.ceiling(failures);
-                failures = failures.saturating_add(1);
-                tokio::select! {
-                    () = shared.stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        failures = 0;
-        shared.state.send_replace(State::Listening);
-        // Releases may have gone unannounced while we were not listening.
-        shared.hub.notify_all();
-        loop {
-            let received = tokio::select! {
-                () = shared.stop.cancelled() => return,
-                received = listener.try_recv() => received,
-            };
-            match received {
-                Ok(Some(notification)) => shared.hub.notify(notification.payload()),
-                // The connection dropped and PgListener reconnected.
-                Ok(None) => shared.hub.notify_all(),
-                Err(err) => {
-                    tracing::debug!(error = %err, "distlock listener lost its connection");
-                    shared.state.send_replace(State::Reconnecting);
-                    shared.hub.notify_all();
-                    break;
-                }
-            }
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(listener)) => Ok(listener),
+            Ok(Err(err)) => Err(from_sqlx(err)),
+            Err(_) => Err(LockError::connection(format!(
+                "LISTEN was not in place within {:?}",
+                self.connect_timeout
+            ))),
         }
+    }
+
+    async fn next(&mut self, feed: &mut PgListener) -> Message {
+        match feed.try_recv().await {
+            Ok(Some(notification)) => Message::Released(notification.payload().to_owned()),
+            // The connection dropped and PgListener reconnected.
+            Ok(None) => Message::Gap,
+            Err(err) => Message::Closed(Some(from_sqlx(err))),
+        }
+    }
+
+    fn target(&self) -> String {
+        let options = self.pool.connect_options();
+        format!(
+            "{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        )
     }
 }

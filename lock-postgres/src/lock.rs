@@ -1,24 +1,25 @@
 //! The client users hold: connecting, locking by name or by raw key, and
-//! the [`DistributedLock`] implementation built on distlock-api's machinery.
+//! the [`LockBackend`] implementation that gives it distlock-api's waiting,
+//! guards and renewal.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock_api::{Attempt, Backoff, DistributedLock, LockBackend, LockError, LockGuard, Wakeup};
+use distlock_api::backend::{
+    Attempt, AttemptContext, Backoff, LockBackend, WakeHub, Wakeup, acquire_with, try_acquire_with,
+};
+use distlock_api::{LockError, LockGuard};
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::from_sqlx;
 use crate::lease::PgLease;
-use crate::listener::Listener;
 use crate::pool::{AcquireError, ConnPool, check_session_affinity};
-use crate::shared::{Core, MAX_TTL, with_wait};
+use crate::shared::{Core, MAX_TTL};
 use crate::sql::{SERVER_INFO, Statements, qualified};
 use crate::{PgLockOptions, WaitStrategy, XactLocks};
 
@@ -55,49 +56,7 @@ pub(crate) enum Source {
 /// ```
 #[derive(Clone)]
 pub struct PgAdvisoryLock {
-    names: View<Hashed>,
-    keys: View<Raw>,
-}
-
-/// A [`LockBackend`] over the client's core that turns the names it is
-/// given into advisory-lock keys by the scheme `S`.
-struct View<S>(Arc<Core>, PhantomData<fn() -> S>);
-
-impl<S> View<S> {
-    fn new(core: Arc<Core>) -> Self {
-        View(core, PhantomData)
-    }
-}
-
-impl<S> Clone for View<S> {
-    fn clone(&self) -> Self {
-        View::new(Arc::clone(&self.0))
-    }
-}
-
-/// How a [`View`] turns a name into a key.
-trait KeyScheme: 'static {
-    fn key(core: &Core, name: &str) -> Result<i64, LockError>;
-}
-
-/// Names, hashed to keys (with the client's key namespace).
-struct Hashed;
-
-impl KeyScheme for Hashed {
-    fn key(core: &Core, name: &str) -> Result<i64, LockError> {
-        Ok(core.key(name))
-    }
-}
-
-/// Raw keys, written in decimal as the "name".
-struct Raw;
-
-impl KeyScheme for Raw {
-    fn key(_: &Core, name: &str) -> Result<i64, LockError> {
-        name.parse().map_err(|_| {
-            LockError::InvalidName(format!("{name:?} is not an advisory-lock key (an i64)"))
-        })
-    }
+    core: Arc<Core>,
 }
 
 impl PgAdvisoryLock {
@@ -149,8 +108,7 @@ impl PgAdvisoryLock {
             }
         };
         let server = check_server(&pool, &options, &listen_options).await?;
-        let stop = CancellationToken::new();
-        let hub = distlock_api::WakeHub::new();
+        let hub = WakeHub::new();
         let listener = (options.wait_strategy == WaitStrategy::Notify).then(|| {
             // Its own application name, so operators (and tests) can tell
             // the one listening session from the lock sessions.
@@ -158,12 +116,11 @@ impl PgAdvisoryLock {
                 .get_application_name()
                 .unwrap_or("distlock")
                 .to_owned();
-            Listener::new(
+            crate::listener::listener(
                 listen_options.application_name(&format!("{app}-listener")),
                 options.connect_timeout,
                 options.notify_channel.clone(),
                 hub.clone(),
-                stop.clone(),
             )
         });
         let sequence = qualified(&options.sequence_schema, &options.sequence_name);
@@ -189,16 +146,12 @@ impl PgAdvisoryLock {
             hub,
             listener,
             target,
-            _stop: stop.drop_guard(),
         });
-        Ok(PgAdvisoryLock {
-            names: View::new(Arc::clone(&core)),
-            keys: View::new(core),
-        })
+        Ok(PgAdvisoryLock { core })
     }
 
     fn core(&self) -> &Arc<Core> {
-        &self.names.0
+        &self.core
     }
 
     /// The advisory-lock key a name maps to on this client (with its key
@@ -207,36 +160,35 @@ impl PgAdvisoryLock {
         self.core().key(name)
     }
 
-    /// [`try_acquire`](DistributedLock::try_acquire) by raw advisory-lock
+    /// [`try_acquire`](distlock_api::DistributedLock::try_acquire) by raw advisory-lock
     /// key, for applications that already own a key space (the same lock as
     /// `pg_advisory_lock(key)` elsewhere). The guard's
     /// [`name`](LockGuard::name) is the key in decimal.
     ///
     /// # Errors
     ///
-    /// As [`try_acquire`](DistributedLock::try_acquire).
+    /// As [`try_acquire`](distlock_api::DistributedLock::try_acquire).
     pub async fn try_acquire_key(
         &self,
         key: i64,
         ttl: Duration,
     ) -> Result<Option<LockGuard>, LockError> {
-        self.keys.try_acquire(&key.to_string(), ttl).await
+        try_acquire_with(self, &key.to_string(), ttl, |_| Ok(key)).await
     }
 
-    /// [`acquire`](DistributedLock::acquire) by raw advisory-lock key (see
+    /// [`acquire`](distlock_api::DistributedLock::acquire) by raw advisory-lock key (see
     /// [`try_acquire_key`](Self::try_acquire_key)).
     ///
     /// # Errors
     ///
-    /// As [`acquire`](DistributedLock::acquire).
+    /// As [`acquire`](distlock_api::DistributedLock::acquire).
     pub async fn acquire_key(
         &self,
         key: i64,
         ttl: Duration,
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
-        let name = key.to_string();
-        with_wait(self.core(), wait, self.keys.acquire(&name, ttl, wait)).await
+        acquire_with(self, &key.to_string(), ttl, wait, |_| Ok(key)).await
     }
 
     /// Transaction-scoped locks with this client's key namespace and
@@ -288,23 +240,8 @@ impl fmt::Display for PgAdvisoryLock {
 }
 
 #[async_trait]
-impl DistributedLock for PgAdvisoryLock {
-    async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
-        self.names.try_acquire(name, ttl).await
-    }
-
-    async fn acquire(
-        &self,
-        name: &str,
-        ttl: Duration,
-        wait: Duration,
-    ) -> Result<LockGuard, LockError> {
-        with_wait(self.core(), wait, self.names.acquire(name, ttl, wait)).await
-    }
-}
-
-#[async_trait]
-impl<S: KeyScheme> LockBackend for View<S> {
+impl LockBackend for PgAdvisoryLock {
+    type Key = i64;
     type Lease = PgLease;
 
     fn kind(&self) -> &'static str {
@@ -316,15 +253,24 @@ impl<S: KeyScheme> LockBackend for View<S> {
     }
 
     fn backoff(&self) -> Backoff {
-        self.0.backoff
+        self.core.backoff
     }
 
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<PgLease>, LockError> {
-        self.0.try_lock(S::key(&self.0, name)?, ttl).await
+    fn key(&self, name: &str) -> Result<i64, LockError> {
+        Ok(self.core.key(name))
     }
 
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        self.0.subscribe(S::key(&self.0, name).ok()?).await
+    async fn try_lock(
+        &self,
+        key: &i64,
+        ttl: Duration,
+        ctx: &AttemptContext,
+    ) -> Result<Attempt<PgLease>, LockError> {
+        self.core.try_lock(*key, ttl, ctx).await
+    }
+
+    async fn subscribe(&self, key: &i64, ctx: &AttemptContext) -> Option<Wakeup> {
+        self.core.subscribe(*key, ctx).await
     }
 }
 
@@ -465,7 +411,7 @@ mod tests {
         let core = Arc::clone(locks.core());
         let key = core.key("unlock-false");
         let Attempt::Acquired { mut lease, .. } = core
-            .try_lock(key, Duration::from_secs(30))
+            .try_lock(key, Duration::from_secs(30), &AttemptContext::once())
             .await
             .expect("attempt")
         else {
@@ -493,7 +439,7 @@ mod tests {
         // The connection was closed, not pooled: the next lock gets a new one.
         assert_eq!(locks.idle_connections(), 0);
         let Attempt::Acquired { mut lease, .. } = core
-            .try_lock(key, Duration::from_secs(30))
+            .try_lock(key, Duration::from_secs(30), &AttemptContext::once())
             .await
             .expect("attempt")
         else {
@@ -528,7 +474,11 @@ mod tests {
             .expect("show")
         }
         let Attempt::Acquired { mut lease, .. } = core
-            .try_lock(core.key("user-timeout"), Duration::from_secs(8))
+            .try_lock(
+                core.key("user-timeout"),
+                Duration::from_secs(8),
+                &AttemptContext::once(),
+            )
             .await
             .expect("attempt")
         else {

@@ -1,20 +1,18 @@
 //! One attempt to take a key, and the state every handle of one client
 //! shares: the pool, the statements, the fencing sequence, the wake-ups.
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock_api::{Attempt, Backoff, LockError, WakeHub, Wakeup};
+use distlock_api::LockError;
+use distlock_api::backend::{Attempt, AttemptContext, Backoff, Listener, WakeHub, Wakeup};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tokio_util::sync::DropGuard;
 
 use crate::error::{
     from_sqlx, pooled_session, pooler_statement_error, query_timed_out, session_gone, sqlstate,
 };
 use crate::lease::PgLease;
-use crate::listener::Listener;
 use crate::pool::{AcquireError, ConnPool};
 use crate::sequence::{Fell, TokenFloor};
 use crate::sql::{SESSION_CHANGED, SESSION_SHARED, Statements};
@@ -26,53 +24,9 @@ pub(crate) const MAX_TTL: Duration = Duration::from_millis(i32::MAX as u64);
 /// A TTL in whole milliseconds, rounded up (a lease must never be shorter
 /// on the server than asked), as the text `set_config` takes.
 pub(crate) fn ttl_millis(ttl: Duration) -> String {
-    let millis = ttl.as_nanos().div_ceil(1_000_000);
-    millis.min(i32::MAX as u128).to_string()
-}
-
-tokio::task_local! {
-    /// Set by `acquire` around distlock-api's waiting loop, so each attempt
-    /// knows how long it may wait for a free connection.
-    static WAIT: WaitScope;
-}
-
-/// What an attempt inside `acquire` needs to know about the wait it serves.
-pub(crate) struct WaitScope {
-    /// When the whole `acquire` gives up (`None`: never).
-    deadline: Option<Instant>,
-    /// Set while an attempt waits for a pool connection, so a `Timeout`
-    /// that cuts that wait short is reported as pool exhaustion.
-    waiting_for_pool: Cell<bool>,
-}
-
-/// Runs an `acquire` future with its deadline known to the attempts it
-/// makes; turns a `Timeout` that hit while waiting for a connection into
-/// the pool-exhaustion error.
-pub(crate) async fn with_wait<F>(
-    core: &Core,
-    wait: Duration,
-    acquire: F,
-) -> Result<distlock_api::LockGuard, LockError>
-where
-    F: Future<Output = Result<distlock_api::LockGuard, LockError>>,
-{
-    let scope = WaitScope {
-        deadline: Instant::now().checked_add(wait),
-        waiting_for_pool: Cell::new(false),
-    };
-    let mut run = std::pin::pin!(WAIT.scope(scope, acquire));
-    let outcome = (&mut run).await;
-    match outcome {
-        Err(LockError::Timeout)
-            if run
-                .as_mut()
-                .take_value()
-                .is_some_and(|scope| scope.waiting_for_pool.get()) =>
-        {
-            Err(LockError::connection(core.pool.exhausted()))
-        }
-        other => other,
-    }
+    distlock_api::backend::ttl_millis(ttl)
+        .min(i32::MAX as u64)
+        .to_string()
 }
 
 /// Shared by all clones of a `PgAdvisoryLock` and by the leases it grants.
@@ -100,9 +54,8 @@ pub(crate) struct Core {
     pub(crate) hub: WakeHub,
     /// `user@host:port/database`, for Debug and Display (never a password).
     pub(crate) target: String,
+    /// Stops its task when the last handle goes.
     pub(crate) listener: Option<Listener>,
-    /// Stops the listener task when the last handle goes.
-    pub(crate) _stop: DropGuard,
 }
 
 impl Core {
@@ -110,7 +63,12 @@ impl Core {
         lock_key_in(&self.namespace, name)
     }
 
-    /// One attempt to take `key` for `ttl` (see [`distlock_api::LockBackend::try_lock`]).
+    /// One attempt to take `key` for `ttl` (see
+    /// [`LockBackend::try_lock`](distlock_api::backend::LockBackend::try_lock)):
+    /// waits for a pooled connection until `ctx`'s deadline (or
+    /// `pool_timeout` for a single attempt), then fails with
+    /// [`PoolExhausted`](crate::PoolExhausted); the statement itself is
+    /// bounded by `query_timeout` and by the deadline.
     ///
     /// Cancel safe: from the moment a connection leaves the pool it sits in
     /// a `Conn`, which closes it when dropped — so a lock the server granted
@@ -119,13 +77,11 @@ impl Core {
         self: &Arc<Self>,
         key: i64,
         ttl: Duration,
+        ctx: &AttemptContext,
     ) -> Result<Attempt<PgLease>, LockError> {
         let ttl_ms = ttl_millis(ttl);
         self.ensure_sequence().await?;
-        let until = match WAIT.try_with(|scope| scope.deadline) {
-            Ok(deadline) => deadline,
-            Err(_) => Instant::now().checked_add(self.pool_timeout),
-        };
+        let until = ctx.wait_until(self.pool_timeout);
         // A stale idle connection (the server restarted or ended the session)
         // fails its first statement; try the next one, then a new one.
         let mut tries_left = self.pool.max_connections() as usize + 1;
@@ -137,8 +93,8 @@ impl Core {
                 .bind(&ttl_ms)
                 .bind(i64::from(conn.backend_pid.unwrap_or(0)));
             let floor = self.token_floor.before_draw();
-            let outcome =
-                tokio::time::timeout(self.query_timeout, query.fetch_one(conn.raw())).await;
+            let (bound, by_deadline) = ctx.bound(self.query_timeout);
+            let outcome = tokio::time::timeout_at(bound, query.fetch_one(conn.raw())).await;
             return match outcome {
                 // `conn` is dropped, so closed: its server session is not ours alone.
                 Ok(Ok((Some(SESSION_CHANGED), _))) => Err(pooled_session(
@@ -180,6 +136,9 @@ impl Core {
                 // `conn` is dropped, so closed: a lock taken by a statement
                 // that then failed goes with the session.
                 Ok(Err(err)) => Err(self.explain(err)),
+                // `conn` is dropped, so closed: a lock the statement may
+                // have taken goes with the session.
+                Err(_) if by_deadline => Err(LockError::Timeout),
                 Err(_) => Err(query_timed_out("pg_try_advisory_lock", self.query_timeout)),
             };
         }
@@ -190,10 +149,7 @@ impl Core {
         self: &Arc<Self>,
         until: Option<Instant>,
     ) -> Result<crate::pool::Conn, LockError> {
-        let _ = WAIT.try_with(|scope| scope.waiting_for_pool.set(true));
-        let outcome = self.pool.acquire(until).await;
-        let _ = WAIT.try_with(|scope| scope.waiting_for_pool.set(false));
-        match outcome {
+        match self.pool.acquire(until).await {
             Ok(conn) => Ok(conn),
             Err(AcquireError::Exhausted(exhausted)) => Err(LockError::connection(exhausted)),
             Err(AcquireError::Connect(err)) => Err(err),
@@ -254,11 +210,16 @@ impl Core {
             .map(|_| ())
     }
 
-    /// Registers for a wake-up on `key`, starting the listener on first use.
-    pub(crate) async fn subscribe(&self, key: i64) -> Option<Wakeup> {
+    /// Registers for a wake-up on `key`, starting the listener on first
+    /// use and waiting for its `LISTEN` (within the connect timeout and
+    /// the caller's deadline).
+    pub(crate) async fn subscribe(&self, key: i64, ctx: &AttemptContext) -> Option<Wakeup> {
         let listener = self.listener.as_ref()?;
         let wakeup = self.hub.subscribe(&key.to_string());
-        listener.ensure_listening(self.connect_timeout).await;
+        let (until, _) = ctx.bound(self.connect_timeout);
+        listener
+            .ready(until.saturating_duration_since(Instant::now()))
+            .await;
         Some(wakeup)
     }
 

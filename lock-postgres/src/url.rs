@@ -3,6 +3,7 @@
 use std::str::FromStr;
 
 use distlock_api::LockError;
+use distlock_api::backend::redact_secret as redact;
 use sqlx::postgres::PgConnectOptions;
 
 /// Parses a `postgres://` or `postgresql://` URL into connect options.
@@ -30,60 +31,9 @@ pub(crate) fn parse(url: &str) -> Result<PgConnectOptions, LockError> {
     })
 }
 
-/// The password in a URL's user-info part, if any (as written, percent-encoded).
-fn password(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    let password = userinfo.split_once(':')?.1;
-    (!password.is_empty()).then_some(password)
-}
-
-/// `text` with the URL's password (raw and percent-decoded) masked.
-pub(crate) fn redact(text: &str, url: &str) -> String {
-    let Some(secret) = password(url) else {
-        return text.to_owned();
-    };
-    let mut out = text.replace(secret, "***");
-    let decoded = percent_decode(secret);
-    if !decoded.is_empty() && decoded != secret {
-        out = out.replace(&decoded, "***");
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = s
-                .get(i + 1..i + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_and_masks_the_password() {
-        let url = "postgres://app:s3cr%40t@db:5432/x?sslmode=require";
-        assert_eq!(password(url), Some("s3cr%40t"));
-        assert_eq!(redact("bad s3cr%40t and s3cr@t", url), "bad *** and ***");
-        assert_eq!(password("postgres://app@db/x"), None);
-        assert_eq!(password("postgres://db/x"), None);
-    }
 
     #[test]
     fn other_schemes_are_invalid_urls() {

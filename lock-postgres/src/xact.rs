@@ -385,7 +385,7 @@ impl XactLocks {
             return self.try_lock_key(tx, key).await?.ok_or(LockError::Timeout);
         }
         // lock_timeout is an int of milliseconds; 0 would mean "no limit".
-        let timeout = u128::min(wait.as_nanos().div_ceil(1_000_000), i32::MAX as u128);
+        let timeout = distlock_api::backend::ttl_millis(wait).min(i32::MAX as u64);
         let mut savepoint = tx.begin().await.map_err(from_sqlx)?;
         let timeout = timeout.to_string();
         let set = self

@@ -6,14 +6,14 @@ use distlock_api::LockError;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// A failed Redis operation: what was attempted, against which server
-/// (URL without its password), and the driver's error.
+/// (URL without its password), and the driver's error. The driver's
+/// message is part of this one, so it is not also the `source()`.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} on {target}: {source}")]
+#[error("{op} on {target}: {error}")]
 pub(crate) struct RedisFailure {
     pub(crate) op: &'static str,
     pub(crate) target: String,
-    #[source]
-    pub(crate) source: RedisError,
+    pub(crate) error: RedisError,
 }
 
 /// An operation that did not finish in time.
@@ -60,7 +60,7 @@ pub(crate) fn classify(op: &'static str, target: &str, source: RedisError) -> Lo
     let failure = RedisFailure {
         op,
         target: target.to_owned(),
-        source,
+        error: source,
     };
     if transient {
         LockError::connection(failure)
@@ -82,13 +82,14 @@ pub(crate) fn timed_out(op: &'static str, target: &str, after: Duration) -> Lock
 /// `WRONGPASS`): a wrong URL, to be reported as such, never mistaken for
 /// a command the server merely does not allow.
 pub(crate) fn is_auth_failure(err: &LockError) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(err) = next {
-        if let Some(redis) = err.downcast_ref::<RedisError>() {
-            return redis.kind() == ErrorKind::AuthenticationFailed
-                || matches!(redis.code(), Some("NOAUTH" | "WRONGPASS"));
-        }
-        next = err.source();
-    }
-    false
+    let redis = err.get_ref().and_then(|inner| {
+        inner
+            .downcast_ref::<RedisFailure>()
+            .map(|failure| &failure.error)
+            .or_else(|| inner.downcast_ref::<RedisError>())
+    });
+    redis.is_some_and(|redis| {
+        redis.kind() == ErrorKind::AuthenticationFailed
+            || matches!(redis.code(), Some("NOAUTH" | "WRONGPASS"))
+    })
 }

@@ -1,12 +1,15 @@
-//! The one subscriber connection per [`RedisLock`](crate::RedisLock) that
-//! turns published releases into in-process wake-ups.
+//! The Redis side of the wake-up listener: how to subscribe to the release
+//! channel and read one message. The loop around it (resubscribing with
+//! jittered backoff, waking everyone after a gap) is distlock-api's
+//! [`Listener`].
 
 use std::time::Duration;
 
+use async_trait::async_trait;
+use distlock_api::LockError;
+use distlock_api::backend::{Backoff, Listener, Message, Subscription, WakeHub};
 use futures::StreamExt;
-use distlock_api::{Backoff, LockError, WakeHub};
 use redis::aio::PubSubStream;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{classify, timed_out};
 
@@ -19,7 +22,7 @@ use crate::error::{classify, timed_out};
 /// release published after `connect` returns is seen), or the error of the
 /// last server tried. Without it, a failed first subscription is retried in
 /// the background (a Redlock node that is down at start). The task stops
-/// when the returned guard is dropped.
+/// when the returned listener is dropped.
 pub(crate) async fn start(
     clients: Vec<redis::Client>,
     channel: String,
@@ -27,121 +30,77 @@ pub(crate) async fn start(
     connect_timeout: Duration,
     target: String,
     must_connect: bool,
-) -> Result<DropGuard, LockError> {
-    let mut first = None;
-    let mut next = 0;
-    let mut last_error = None;
-    for (i, client) in clients.iter().enumerate() {
-        match subscribe(client, &channel, connect_timeout, &target).await {
-            Ok(stream) => {
-                first = Some(stream);
-                next = i;
-                break;
-            }
-            Err(err) => last_error = Some(err),
-        }
-    }
-    if first.is_none()
-        && must_connect
-        && let Some(err) = last_error
-    {
-        return Err(err);
-    }
-    let stop = CancellationToken::new();
-    let listener = Listener {
+) -> Result<Listener, LockError> {
+    let mut releases = Releases {
         clients,
-        next,
+        next: 0,
         channel,
-        hub,
         connect_timeout,
         target,
-        stop: stop.clone(),
     };
-    tokio::spawn(listener.run(first));
-    Ok(stop.drop_guard())
+    let first = match releases.subscribe().await {
+        Ok(feed) => Some(feed),
+        Err(err) if must_connect => return Err(err),
+        Err(_) => None,
+    };
+    let backoff = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(2),
+    };
+    let listener = Listener::new(releases, hub, backoff, first);
+    listener.start();
+    Ok(listener)
 }
 
-async fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-    connect_timeout: Duration,
-    target: &str,
-) -> Result<PubSubStream, LockError> {
-    let subscribing = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok(pubsub.into_on_message())
-    };
-    match tokio::time::timeout(connect_timeout, subscribing).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(classify("subscribe", target, err)),
-        Err(_) => Err(timed_out("subscribe", target, connect_timeout)),
-    }
-}
-
-struct Listener {
+/// The release channel on one server of a list.
+struct Releases {
     clients: Vec<redis::Client>,
-    /// The client subscribed through last (tried first on a resubscribe).
+    /// The client to subscribe through next (the last one that worked
+    /// first; the next one after a failure).
     next: usize,
     channel: String,
-    hub: WakeHub,
     connect_timeout: Duration,
     target: String,
-    stop: CancellationToken,
 }
 
-impl Listener {
-    async fn run(mut self, first: Option<PubSubStream>) {
-        if self.clients.is_empty() {
-            return;
-        }
-        let mut stream = first;
-        let backoff = Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(2),
-        };
-        let mut failures = 0u32;
-        loop {
-            if let Some(mut messages) = stream.take() {
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = self.stop.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                // The payload is the released lock's key.
-                                if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
-                                    self.hub.notify(key);
-                                }
-                            }
-                            None => break,
-                        },
-                    }
-                }
-                tracing::debug!(server = %self.target, "wake-up subscription lost; resubscribing");
-            }
-            let delay = backoff.delay(failures);
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            let resubscribed = tokio::select! {
-                () = self.stop.cancelled() => return,
-                result = subscribe(&self.clients[self.next], &self.channel, self.connect_timeout, &self.target) => result,
+#[async_trait]
+impl Subscription for Releases {
+    type Feed = PubSubStream;
+
+    /// Tries each client once, starting with the last one that worked.
+    async fn subscribe(&mut self) -> Result<PubSubStream, LockError> {
+        let mut last_error = LockError::InvalidConfig("no server to subscribe through".into());
+        for _ in 0..self.clients.len() {
+            let client = &self.clients[self.next];
+            let subscribing = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                Ok(pubsub.into_on_message())
             };
-            match resubscribed {
-                Ok(messages) => {
-                    failures = 0;
-                    stream = Some(messages);
-                    // Releases may have gone by unseen: every waiter looks again.
-                    self.hub.notify_all();
-                }
-                Err(err) => {
-                    failures = failures.saturating_add(1);
-                    self.next = (self.next + 1) % self.clients.len();
-                    tracing::debug!(server = %self.target, error = %err, "cannot resubscribe for wake-ups yet");
-                }
+            match tokio::time::timeout(self.connect_timeout, subscribing).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(err)) => last_error = classify("subscribe", &self.target, err),
+                Err(_) => last_error = timed_out("subscribe", &self.target, self.connect_timeout),
+            }
+            self.next = (self.next + 1) % self.clients.len();
+        }
+        Err(last_error)
+    }
+
+    async fn next(&mut self, feed: &mut PubSubStream) -> Message {
+        loop {
+            match feed.next().await {
+                // The payload is the released lock's key.
+                Some(message) => match std::str::from_utf8(message.get_payload_bytes()) {
+                    Ok(key) => return Message::Released(key.to_owned()),
+                    Err(_) => continue,
+                },
+                None => return Message::Closed(None),
             }
         }
+    }
+
+    fn target(&self) -> String {
+        self.target.clone()
     }
 }

@@ -1,4 +1,8 @@
 //! [`RedisLock`]: the backend, and [`RedisLease`]: one granted lock.
+//!
+//! Slightly over 600 lines: the lease's state machine (maybe held,
+//! released, not held) is read against the acquire that sets it, and the
+//! token construction's fork argument sits next to its one user.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,8 +10,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock_api::{Attempt, Backoff, Drift, Lease, LockBackend, LockError, WakeHub, Wakeup};
-use tokio_util::sync::DropGuard;
+use distlock_api::LockError;
+use distlock_api::backend::{
+    Attempt, AttemptContext, Backoff, Drift, Lease, Listener, LockBackend, WakeHub, Wakeup,
+    ttl_millis,
+};
 
 use crate::connection::RedisConnection;
 use crate::keys::{fence_key, lock_key, released_key};
@@ -64,7 +71,7 @@ struct Inner {
     channel: String,
     wake: WakeHub,
     /// Stops the subscriber task when the last clone goes away.
-    _listener: Option<DropGuard>,
+    _listener: Option<Listener>,
 }
 
 /// What a [`RedisLock`] connected to, to open more connections there.
@@ -86,7 +93,7 @@ impl Inner {
                 .options
                 .connect_timeout
                 .saturating_add(self.options.response_timeout);
-            millis_ceil(limit)
+            ttl_millis(limit)
         } else {
             0
         }
@@ -205,7 +212,7 @@ impl RedisLock {
         crate::settings::check_eviction(&node, &options).await?;
         let wake = WakeHub::new();
         let listener = if options.wake_on_release {
-            let guard = crate::listener::start(
+            let listener = crate::listener::start(
                 subscribe_through,
                 channel.clone(),
                 wake.clone(),
@@ -214,7 +221,7 @@ impl RedisLock {
                 true,
             )
             .await?;
-            Some(guard)
+            Some(listener)
         } else {
             None
         };
@@ -272,12 +279,6 @@ impl RedisLock {
         };
         Ok(node.conn)
     }
-}
-
-/// Whole milliseconds, rounded up, so the server never holds a lock for
-/// less than its TTL. Fits: TTLs are at most [`REDIS_MAX_TTL`].
-pub(crate) fn millis_ceil(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// A per-acquisition token: 128 bits as 32 lowercase hex digits.
@@ -352,7 +353,7 @@ impl RedisLock {
             .key(fence_key(&lease.key))
             .key(released_key(&lease.key))
             .arg(&lease.token[..])
-            .arg(millis_ceil(ttl));
+            .arg(ttl_millis(ttl));
         let fence: i64 = self.inner.node.run("acquire", &invocation).await?;
         Ok((fence != 0, fence))
     }
@@ -360,6 +361,7 @@ impl RedisLock {
 
 #[async_trait]
 impl LockBackend for RedisLock {
+    type Key = String;
     type Lease = RedisLease;
 
     fn kind(&self) -> &'static str {
@@ -378,13 +380,22 @@ impl LockBackend for RedisLock {
         self.inner.options.backoff
     }
 
-    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Attempt<RedisLease>, LockError> {
+    fn key(&self, name: &str) -> Result<String, LockError> {
+        Ok(lock_key(&self.inner.options.prefix, name))
+    }
+
+    async fn try_lock(
+        &self,
+        key: &String,
+        ttl: Duration,
+        _ctx: &AttemptContext,
+    ) -> Result<Attempt<RedisLease>, LockError> {
         // Built before the request: if this future is dropped, or the reply
         // is lost, after the server may have granted the lock, dropping the
         // lease releases it in the background.
         let mut lease = RedisLease {
             inner: self.inner.clone(),
-            key: lock_key(&self.inner.options.prefix, name),
+            key: key.clone(),
             token: new_token(),
             state: State::MaybeHeld,
         };
@@ -402,7 +413,7 @@ impl LockBackend for RedisLock {
                 .arg(&lease.token[..])
                 .arg("NX")
                 .arg("PX")
-                .arg(millis_ceil(ttl))
+                .arg(ttl_millis(ttl))
                 .cmd("INCR")
                 .arg(fence_key(&lease.key));
             let (granted, fence): (Option<String>, i64) =
@@ -435,13 +446,13 @@ impl LockBackend for RedisLock {
         Ok(Attempt::Held { retry_after })
     }
 
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
+    async fn subscribe(&self, key: &String, _ctx: &AttemptContext) -> Option<Wakeup> {
         // The subscriber connection is already listening, so registering
         // here is enough for no release to slip by.
-        self.inner.options.wake_on_release.then(|| {
-            let key = lock_key(&self.inner.options.prefix, name);
-            self.inner.wake.subscribe(&key)
-        })
+        self.inner
+            .options
+            .wake_on_release
+            .then(|| self.inner.wake.subscribe(key))
     }
 }
 
@@ -514,7 +525,7 @@ impl Lease for RedisLease {
         invocation
             .key(&self.key)
             .arg(&self.token[..])
-            .arg(millis_ceil(ttl));
+            .arg(ttl_millis(ttl));
         let extended: i64 = self.inner.node.run("extend", &invocation).await?;
         if extended == 1 {
             Ok(())

@@ -1,56 +1,7 @@
 //! Connection URLs: parsed by the driver, printed only with secrets removed.
 
 use distlock_api::LockError;
-
-/// `url` with any password replaced by `***`, for `Debug`, logs and errors.
-///
-/// Covers the password in the user-info part (`redis://user:secret@host`,
-/// `redis://:secret@host`) and in query parameters (`?password=`, `?pass=`).
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return "<unparsable URL>".to_owned();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_len);
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..rest_start]);
-    match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push_str(host);
-        }
-        None => out.push_str(authority),
-    }
-    out.push_str(&redact_query(tail));
-    out
-}
-
-fn redact_query(tail: &str) -> String {
-    let Some(query_start) = tail.find('?') else {
-        return tail.to_owned();
-    };
-    let (path, query) = tail.split_at(query_start + 1);
-    let query = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") || key == "pass" => {
-                format!("{key}=***")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    format!("{path}{query}")
-}
+pub(crate) use distlock_api::backend::redact_url as redact;
 
 /// What a Redis URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,22 +168,6 @@ mod tests {
             assert!(matches!(err, LockError::InvalidUrl(_)), "{url}: {err:?}");
             assert!(!err.to_string().contains("s3cret"), "{url}: {err}");
         }
-    }
-
-    #[test]
-    fn passwords_are_removed() {
-        assert_eq!(
-            redact("redis://user:s3cret@host:6379/2"),
-            "redis://user:***@host:6379/2"
-        );
-        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
-        assert_eq!(redact("rediss://host:6380"), "rediss://host:6380");
-        assert_eq!(redact("redis://user@host"), "redis://user@host");
-        assert_eq!(
-            redact("redis+unix:///tmp/r.sock?db=1&pass=s3cret"),
-            "redis+unix:///tmp/r.sock?db=1&pass=***"
-        );
-        assert_eq!(redact("s3cret"), "<unparsable URL>");
     }
 
     #[test]

@@ -18,14 +18,14 @@ pub enum TestkitError {
         /// What to install or set instead.
         hint: String,
     },
-    /// An operating-system call failed.
-    #[error("{context}: {source}")]
+    /// An operating-system call failed. The message includes the
+    /// `io::Error`'s, so it is not also the `source()`.
+    #[error("{context}: {error}")]
     Io {
         /// What the kit was doing.
         context: String,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The server could not listen on its port because something else took it.
     #[error(
@@ -115,5 +115,5 @@ impl TestkitError {
 /// Wraps an `io::Error` with what the kit was doing.
 pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError {
     let context = context.into();
-    move |source| TestkitError::Io { context, source }
+    move |error| TestkitError::Io { context, error }
 }

@@ -1,10 +1,31 @@
-//! Stops the shared servers when the test process exits normally: statics are
-//! never dropped, and `PR_SET_PDEATHSIG` only fires once the process is gone,
-//! too late to remove their directories. Also removes the iptables rules of
-//! partitions still in place.
+//! The process-wide shared servers, and their end: they are started on
+//! first use and stopped when the test process exits normally (statics are
+//! never dropped, and `PR_SET_PDEATHSIG` only fires once the process is
+//! gone, too late to remove their directories). The exit hook also removes
+//! the iptables rules of partitions still in place.
 
 use std::panic;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
+
+use crate::error::TestkitError;
+
+/// The shared `server` in `cell`, started by `start` on first use (with the
+/// exit hook registered); the first start's error is every caller's.
+pub(crate) fn shared<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    server: &'static str,
+    start: impl FnOnce() -> Result<T, TestkitError>,
+) -> Result<&'static T, TestkitError> {
+    cell.get_or_init(|| {
+        register();
+        start().map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|message| TestkitError::SharedUnavailable {
+        server,
+        message: message.clone(),
+    })
+}
 
 /// Registers the exit hook (once per process).
 pub(crate) fn register() {
@@ -20,9 +41,9 @@ pub(crate) fn register() {
 extern "C" fn at_exit() {
     // Unwinding out of an `extern "C"` function would abort the process.
     let _ = panic::catch_unwind(|| {
-        crate::redis_server::shutdown_shared();
-        crate::redis_cluster::shutdown_shared();
-        crate::pg_server::shutdown_shared();
-        crate::partition::remove_all();
+        crate::servers::redis::shutdown_shared();
+        crate::cluster::shutdown_shared();
+        crate::servers::postgres::shutdown_shared();
+        crate::faults::remove_all();
     });
 }

@@ -60,7 +60,9 @@
 //! Whether a run under such faults stayed correct is for a [`History`] to
 //! tell: clients record each acquire and release on one monotonic clock, and
 //! [`History::check`] fails on a lock held twice at once or fencing tokens
-//! that do not rise; [`check_seat_log`] checks the protected data.
+//! that do not rise. A domain check of the protected data (the ticket
+//! example's seat log, kept beside the example's tests) adds its findings
+//! as [`Violation::Storage`].
 //!
 //! # Environment
 //!
@@ -77,36 +79,39 @@
 //!   what a killed test process left behind is removed by the next one.
 //! - As root, PostgreSQL runs as the `nobody` user (it refuses to run as root).
 
+// The rooms, from the bottom up:
+// - process:  spawning children that die with us; the one start → ready →
+//             kill-on-failure → stop sequence every server goes through; ports
+//             and the one port-retry loop; logs; /proc; helper commands.
+// - servers:  redis-server, PostgreSQL (binaries, template, psql), PgBouncer:
+//             each only its command line and readiness probe.
+// - resp:     the RESP client the kit probes and steers Redis with.
+// - cluster:  Redis Cluster: forming, slots, readiness, failover, migration.
+// - faults:   process faults (kill, pause), the link proxy, iptables partitions.
+// - history:  the generic lock-history checker.
+// - workdir, tls, cpu, exit_cleanup, error: directories, certificates, CPU
+//             pinning, the exit hook, the error type.
+mod cluster;
 mod cpu;
 mod error;
 mod exit_cleanup;
+mod faults;
 mod history;
-mod link;
-mod partition;
-mod pg_binaries;
-mod pg_server;
-mod pg_template;
-mod pgbouncer;
 mod process;
-mod redis_cluster;
-mod redis_server;
-mod spawner;
+mod resp;
+mod servers;
 mod tls;
 mod workdir;
 
+pub use cluster::{RedisCluster, RedisClusterOptions};
 pub use cpu::{available_cpus, pin_apart, pin_current_thread, pin_process};
 pub use error::TestkitError;
-pub use history::{
-    Counts, Held, History, Interval, Note, Op, OpId, Outcome, Report, SeatAction, SeatWrite,
-    Violation, check_seat_log,
-};
-pub use link::{LinkProxy, LinkState};
-pub use partition::{AliasPort, Partition};
-pub use pg_server::{PgOptions, PgServer};
-pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
+pub use faults::{AliasPort, LinkProxy, LinkState, Partition};
+pub use history::{Counts, Held, History, Interval, Note, Op, OpId, Outcome, Report, Violation};
 pub use process::process_is_alive;
-pub use redis_cluster::{RedisCluster, RedisClusterOptions};
-pub use redis_server::{RedisOptions, RedisServer};
+pub use servers::{
+    PgBouncer, PgBouncerOptions, PgOptions, PgServer, PoolMode, RedisOptions, RedisServer,
+};
 pub use tls::TestCertificates;
 
 /// The environment variable that points tests at an existing Redis server.

@@ -91,6 +91,7 @@ use std::time::Duration;
 
 use crate::DistributedLock;
 
+pub mod broken;
 mod exclusion;
 mod expiry;
 mod fencing;

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock_api::{Attempt, Backoff, Lease, LockBackend, LockError, MemoryLease, MemoryLock, Wakeup};
+use distlock_api::backend::{Attempt, AttemptContext, Backoff, Lease, LockBackend, Wakeup};
+use distlock_api::{LockError, MemoryLease, MemoryLock};
 
 pub(crate) const BOUND: Duration = Duration::from_secs(10);
 
@@ -40,6 +41,7 @@ pub(crate) struct SwitchableLease {
 
 #[async_trait]
 impl LockBackend for Switchable {
+    type Key = String;
     type Lease = SwitchableLease;
 
     fn kind(&self) -> &'static str {
@@ -61,12 +63,17 @@ impl LockBackend for Switchable {
         }
     }
 
+    fn key(&self, name: &str) -> Result<String, LockError> {
+        Ok(name.to_owned())
+    }
+
     async fn try_lock(
         &self,
-        name: &str,
+        name: &String,
         ttl: Duration,
+        ctx: &AttemptContext,
     ) -> Result<Attempt<SwitchableLease>, LockError> {
-        Ok(match self.inner.try_lock(name, ttl).await? {
+        Ok(match self.inner.try_lock(name, ttl, ctx).await? {
             Attempt::Acquired {
                 lease,
                 fencing_token,
@@ -86,8 +93,8 @@ impl LockBackend for Switchable {
         })
     }
 
-    async fn subscribe(&self, name: &str) -> Option<Wakeup> {
-        self.inner.subscribe(name).await
+    async fn subscribe(&self, name: &String, ctx: &AttemptContext) -> Option<Wakeup> {
+        self.inner.subscribe(name, ctx).await
     }
 }
 
@@ -178,6 +185,7 @@ impl Drop for SlowAnswerLease {
 
 #[async_trait]
 impl LockBackend for SlowAnswer {
+    type Key = String;
     type Lease = SlowAnswerLease;
 
     fn kind(&self) -> &'static str {
@@ -188,12 +196,17 @@ impl LockBackend for SlowAnswer {
         self.inner.max_ttl()
     }
 
+    fn key(&self, name: &str) -> Result<String, LockError> {
+        Ok(name.to_owned())
+    }
+
     async fn try_lock(
         &self,
-        name: &str,
+        name: &String,
         ttl: Duration,
+        ctx: &AttemptContext,
     ) -> Result<Attempt<SlowAnswerLease>, LockError> {
-        Ok(match self.inner.try_lock(name, ttl).await? {
+        Ok(match self.inner.try_lock(name, ttl, ctx).await? {
             Attempt::Acquired {
                 lease,
                 fencing_token,
@@ -226,7 +239,10 @@ impl Lease for SlowAnswerLease {
 /// Cancels `guard.release()` right after the server has carried it out,
 /// before its answer arrives; then lets the answer through and waits until
 /// the guard machinery has let go of the lease (its release reported).
-pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: distlock_api::LockGuard) {
+pub(crate) async fn cancel_release_after_it_ran(
+    locks: &SlowAnswer,
+    guard: distlock_api::LockGuard,
+) {
     let release = guard.release();
     tokio::select! {
         biased;
@@ -240,4 +256,43 @@ pub(crate) async fn cancel_release_after_it_ran(locks: &SlowAnswer, guard: distl
         locks.lease_dropped.notified(),
     )
     .await;
+}
+
+/// A backend whose attempts never get a "pooled connection": each waits for
+/// one until its context's deadline (or a second, for a single attempt) and
+/// then fails with its own typed error, as a pooled backend does.
+#[derive(Clone, Default)]
+pub(crate) struct Starved;
+
+pub(crate) const STARVED: &str = "pool exhausted (test)";
+
+#[async_trait]
+impl LockBackend for Starved {
+    type Key = String;
+    type Lease = MemoryLease;
+
+    fn kind(&self) -> &'static str {
+        "starved"
+    }
+
+    fn max_ttl(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn key(&self, name: &str) -> Result<String, LockError> {
+        Ok(name.to_owned())
+    }
+
+    async fn try_lock(
+        &self,
+        _key: &String,
+        _ttl: Duration,
+        ctx: &AttemptContext,
+    ) -> Result<Attempt<MemoryLease>, LockError> {
+        match ctx.wait_until(Duration::from_secs(1)) {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+        Err(LockError::connection(STARVED))
+    }
 }

@@ -27,14 +27,20 @@ pub(crate) fn lock_key(prefix: &str, name: &str) -> String {
     key
 }
 
+/// What follows a lock key in its fencing counter's key.
+pub(crate) const FENCE_SUFFIX: &str = ":fence";
+/// What follows a lock key in its release record's key.
+pub(crate) const RELEASED_SUFFIX: &str = ":released";
+
 /// The fencing counter's key for a lock key: same hash tag, `:fence` after.
 pub(crate) fn fence_key(lock_key: &str) -> String {
-    format!("{lock_key}:fence")
+    format!("{lock_key}{FENCE_SUFFIX}")
 }
 
 /// The release record's key for a lock key: same hash tag, `:released` after.
+#[cfg(test)]
 pub(crate) fn released_key(lock_key: &str) -> String {
-    format!("{lock_key}:released")
+    format!("{lock_key}{RELEASED_SUFFIX}")
 }
 
 /// Why a key prefix is unusable, if it is.

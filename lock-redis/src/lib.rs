@@ -99,6 +99,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod call;
 mod connection;
 mod error;
 mod keys;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use distlock_api::LockError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::call::ScriptCall;
 use crate::connection::RedisConnection;
 use crate::error::{classify, timed_out};
 use crate::options::RedisLockOptions;
@@ -158,6 +159,28 @@ impl Node {
 
     /// The server's `run_id` (from `INFO server`), bounded: what tells two
     /// addresses of one server apart from two servers.
+    /// Sends `call`; when the server does not know its script (restarted,
+    /// or `SCRIPT FLUSH`), loads it and sends the call again.
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        call: &ScriptCall,
+    ) -> Result<T, LockError> {
+        let mut conn = self.conn.clone();
+        let run = async {
+            match call.cmd.query_async(&mut conn).await {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    call.script.load_async(&mut conn).await?;
+                    call.cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        bounded(op, &self.target, self.limit, run).await
+    }
+
     pub(crate) async fn run_id(&self) -> Result<String, LockError> {
         let mut conn = self.conn.clone();
         let info: String = bounded(

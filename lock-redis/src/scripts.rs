@@ -1,6 +1,5 @@
-//! The Lua scripts for the steps that compare before they write (acquire
-//! on one server is a `MULTI`/`EXEC` transaction of native commands, in
-//! `lock.rs`), and the steps of a Redlock node.
+//! The Lua scripts of every step (acquire, release, extend), and the steps
+//! of a Redlock node.
 //!
 //! They run by `EVALSHA`; when the server's script cache is empty (after a
 //! restart or `SCRIPT FLUSH`) the driver loads the script and runs it again.
@@ -9,13 +8,40 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// `KEYS[1]` lock.
+///
+/// On one server, after an attempt found the lock held and the caller will
+/// wait: marks it as waited for, by appending `+` to the holder's token
+/// (which keeps its TTL), so that its release publishes. Returns the
+/// lock's remaining TTL in ms (`-2` when it is gone already).
+pub(crate) static MARK_WAITED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, -1) ~= '+' then
+  redis.call('APPEND', KEYS[1], '+')
+end
+return redis.call('PTTL', KEYS[1])
+",
+    )
+});
+
 /// `KEYS[1]` lock, `KEYS[2]` its fencing counter, `KEYS[3]` its release
-/// record; `ARGV[1]` token, `ARGV[2]` TTL in ms.
+/// record; `ARGV[1]` token, `ARGV[2]` TTL in ms, `ARGV[3]` `1` when the
+/// caller will wait if the lock is held.
 ///
 /// The acquire step on a Redis Cluster, where a redirected command is
-/// retried by the client but a redirected transaction is not: `SET NX PX`,
-/// then `INCR` of the counter if the lock was granted. Returns the new
-/// counter value, or 0 when the lock is held.
+/// retried by the client but a redirected transaction is not: `SET NX
+/// PX`, then `INCR` of the counter if the lock was granted. Answers the
+/// fencing token (> 0) when granted; when held, `-2 - PTTL` (≤ −2), or −1
+/// when its TTL is unknown. When held and the caller will wait, it also
+/// marks the lock as waited for (as [`MARK_WAITED`] does on one server),
+/// in the same round trip.
+///
+/// A script runs atomically: nothing runs between its `SET` and its
+/// `INCR`, so the counter's values follow the grants, and it moves only
+/// with a grant. A counter that is not a positive integer (someone wrote
+/// to it) is answered with an error, and the lock just set is deleted.
 ///
 /// Idempotent per token, because the cluster client sends a script again
 /// when the connection drops before its reply arrives (the first run may
@@ -25,44 +51,63 @@ use redis::Script;
 /// holds our token); its TTL is left alone, so the guard's validity,
 /// counted from before the first send, stays conservative. A run that
 /// finds our token in the release record (a copy still in flight after
-/// this lease was released) grants nothing.
+/// this lease was released) grants nothing (−1).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local held = redis.call('GET', KEYS[1])
 if not held then
   if redis.call('GET', KEYS[3]) == ARGV[1] then
-    return 0
+    return -1
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return redis.call('INCR', KEYS[2])
+  local fence = redis.call('INCR', KEYS[2])
+  if fence > 0 then
+    return fence
+  end
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply('fencing counter ' .. KEYS[2] .. ' holds ' .. fence .. '; it must be a positive integer')
 end
 if held == ARGV[1] or held == ARGV[1] .. '+' then
   local fence = redis.call('GET', KEYS[2])
-  if fence then
-    return tonumber(fence)
+  if not fence then
+    fence = redis.call('INCR', KEYS[2])
   end
-  return redis.call('INCR', KEYS[2])
+  fence = tonumber(fence)
+  if fence and fence > 0 then
+    return fence
+  end
+  return redis.error_reply('fencing counter ' .. KEYS[2] .. ' holds ' .. tostring(fence) .. '; it must be a positive integer')
 end
-return 0
+if ARGV[3] == '1' and string.sub(held, -1) ~= '+' then
+  redis.call('APPEND', KEYS[1], '+')
+end
+return -2 - redis.call('PTTL', KEYS[1])
 ",
     )
 });
 
-/// `KEYS[1]` lock.
+/// `KEYS[1]` lock; `ARGV[1]` token, `ARGV[2]` channel.
 ///
-/// After an attempt found the lock held: marks it as waited for, by
-/// appending `+` to the holder's token (which keeps its TTL), so that its
-/// release publishes. Returns the lock's remaining TTL in ms (`-2` when it
-/// is gone already).
-pub(crate) static MARK_WAITED: LazyLock<Script> = LazyLock::new(|| {
+/// Release on one server: deletes the lock only if it still holds our
+/// token; if someone waits for it (the `+` mark), publishes the lock key
+/// so waiters try again. Returns 1 when released, 0 when the lock was no
+/// longer ours. The common case (our token, unmarked) compares once and
+/// builds no string: a script call is most of a release's cost on the
+/// server, so it stays as small as [`RELEASE`] allows.
+pub(crate) static RELEASE_ONE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, -1) ~= '+' then
-  redis.call('APPEND', KEYS[1], '+')
+if held == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
-return redis.call('PTTL', KEYS[1])
+if held == ARGV[1] .. '+' then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  return 1
+end
+return 0
 ",
     )
 });

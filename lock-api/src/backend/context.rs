@@ -73,6 +73,30 @@ impl AttemptContext {
         self.deadline
     }
 
+    /// Whether the caller waits when this attempt finds the lock held:
+    /// false for `try_acquire` and a zero wait, and once the deadline has
+    /// passed. A backend can use it to tell the server in the same round
+    /// trip that someone waits (so that the release wakes them), and to
+    /// leave no such note when nobody will.
+    ///
+    /// ```
+    /// use distlock_api::backend::{AttemptContext, Deadline};
+    /// use tokio::time::{Duration, Instant};
+    ///
+    /// assert!(!AttemptContext::once().will_wait());
+    /// assert!(!AttemptContext::no_wait(Instant::now()).will_wait());
+    /// assert!(AttemptContext::new(Deadline::Never, 1).will_wait());
+    /// let later = Instant::now() + Duration::from_secs(5);
+    /// assert!(AttemptContext::new(Deadline::At(later), 1).will_wait());
+    /// ```
+    pub fn will_wait(&self) -> bool {
+        match self.deadline {
+            Deadline::Once => false,
+            Deadline::At(deadline) => self.cut_at_deadline && deadline > Instant::now(),
+            Deadline::Never => true,
+        }
+    }
+
     /// Which attempt of the call this is, from 1.
     pub fn attempt(&self) -> u32 {
         self.attempt

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use distlock_api::{Backoff, DistributedLock};
+use distlock_api::{Backoff, DistributedLock, LockError};
 use distlock_redis::RedisLock;
 use distlock_testkit::RedisServer;
 
@@ -142,6 +142,10 @@ async fn without_wakeups_waiting_falls_back_to_backoff() {
     next.release().await.expect("release");
 }
 
+/// A release publishes only when someone waited for the lock: not when
+/// nobody asked for it, and not when someone only tried (`try_acquire`
+/// does not wait, so its failure leaves no mark); a waiting `acquire` that
+/// found it held does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_release_someone_waited_for_is_published() {
     use futures::StreamExt;
@@ -155,36 +159,44 @@ async fn only_a_release_someone_waited_for_is_published() {
         .expect("subscribe");
     let mut messages = pubsub.into_on_message();
     let suffix = format!("{:x}", rand::random::<u64>());
-    let (quiet, waited) = (format!("quiet-{suffix}"), format!("waited-{suffix}"));
+    let (quiet, tried, waited) = (
+        format!("quiet-{suffix}"),
+        format!("tried-{suffix}"),
+        format!("waited-{suffix}"),
+    );
 
     let guard = locks
         .acquire(&quiet, TTL, Duration::ZERO)
         .await
         .expect("free");
     guard.release().await.expect("release");
+
+    let guard = locks
+        .acquire(&tried, TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    assert!(locks.try_acquire(&tried, TTL).await.expect("try").is_none());
+    guard.release().await.expect("release");
+
     let guard = locks
         .acquire(&waited, TTL, Duration::ZERO)
         .await
         .expect("free");
-    assert!(
-        locks
-            .try_acquire(&waited, TTL)
-            .await
-            .expect("try")
-            .is_none()
-    );
+    assert!(matches!(
+        locks.acquire(&waited, TTL, Duration::from_millis(50)).await,
+        Err(LockError::Timeout)
+    ));
     guard.release().await.expect("release");
 
     // Messages carry the lock key, and arrive in publish order: a publish
-    // for the uncontended release would come before the contended one's.
-    let (quiet, waited) = (
-        format!("distlock:{{{quiet}}}"),
-        format!("distlock:{{{waited}}}"),
-    );
+    // for the earlier releases would come before the waited-for one's.
+    let key = |name: &str| format!("distlock:{{{name}}}");
+    let (quiet, tried, waited) = (key(&quiet), key(&tried), key(&waited));
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(message) = messages.next().await {
             let name = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
             assert_ne!(name, quiet, "an uncontended release was published");
+            assert_ne!(name, tried, "a release only tried for was published");
             if name == waited {
                 return;
             }
@@ -192,7 +204,7 @@ async fn only_a_release_someone_waited_for_is_published() {
         panic!("the subscription ended");
     })
     .await
-    .expect("the contended release is published");
+    .expect("the waited-for release is published");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,21 +56,24 @@ async fn release_many(guards: Vec<LockGuard>, parallel: usize) -> anyhow::Result
     Ok(())
 }
 
-/// K locks held through one [`RedisLock`]: `used_memory` growth and the
-/// server's connections.
+/// Acquires in flight while K Redis locks are taken (as in the capacity run).
+const REDIS_IN_FLIGHT: usize = 256;
+
+/// K locks held through one [`RedisLock`] (up to 256 acquires in flight):
+/// `used_memory` growth and the server's connections.
 pub async fn redis_hold(server: &RedisServer, k: usize) -> anyhow::Result<HoldResult> {
     let url = server.url();
     let locks = RedisLock::connect(&url).await?;
     let mut info = info_conn(&url).await?;
     let before = redis_info(&mut info, "used_memory").await?;
     let started = Instant::now();
-    let guards = take_many(&locks, &format!("hold:{k}"), k, 1).await?;
+    let guards = take_many(&locks, &format!("hold:{k}"), k, REDIS_IN_FLIGHT).await?;
     let acquire_secs = started.elapsed().as_secs_f64();
     let after = redis_info(&mut info, "used_memory").await?;
     // Our INFO connection is not the lock's.
     let clients = redis_info(&mut info, "connected_clients").await? - 1;
     let held = guards.len();
-    release_many(guards, 1).await?;
+    release_many(guards, REDIS_IN_FLIGHT).await?;
     Ok(HoldResult {
         backend: REDIS.to_owned(),
         requested: k,
@@ -334,7 +337,7 @@ pub async fn redis_capacity(server: &RedisServer, count: usize) -> anyhow::Resul
     let mut info = info_conn(&url).await?;
     let before = redis_info(&mut info, "used_memory").await?;
     let started = Instant::now();
-    let guards = take_many(&locks, "cap", count, 256).await?;
+    let guards = take_many(&locks, "cap", count, REDIS_IN_FLIGHT).await?;
     let acquire_secs = started.elapsed().as_secs_f64();
     let after = redis_info(&mut info, "used_memory").await?;
     let clients = redis_info(&mut info, "connected_clients").await? - 1;
@@ -351,7 +354,7 @@ pub async fn redis_capacity(server: &RedisServer, count: usize) -> anyhow::Resul
         }
     };
     let started = Instant::now();
-    release_many(guards, 256).await?;
+    release_many(guards, REDIS_IN_FLIGHT).await?;
     let release_secs = started.elapsed().as_secs_f64();
     Ok(CapacityResult {
         backend: REDIS.to_owned(),

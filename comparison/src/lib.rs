@@ -6,6 +6,7 @@
 //! distlock-testkit; nothing is meant for use outside the comparison run.
 
 pub mod booking;
+pub mod charts;
 pub mod cpu;
 pub mod cyclers;
 pub mod hold;

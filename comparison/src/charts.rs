@@ -6,7 +6,8 @@ use std::path::Path;
 use plotters::prelude::SeriesLabelPosition;
 
 use crate::cyclers::{POSTGRES, REDIS};
-use crate::report::{self, Series, SpreadSeries};
+use crate::plot::{self, Series, SpreadSeries};
+use crate::report;
 use crate::results::{CycleResult, Results};
 
 /// The chart files, by the section they belong to.
@@ -28,7 +29,7 @@ pub fn write_all(out: &Path, r: &Results) -> anyhow::Result<()> {
             .map(|backend| (backend.to_owned(), spread_series(&r.cycles, backend)))
             .filter(|(_, series)| !series.is_empty())
             .collect();
-        report::spread_chart(
+        plot::spread_chart(
             &out.join(CYCLES),
             &format!(
                 "Lock cycles/s (acquire + release), median of {} round{}; bars: min–max",
@@ -41,7 +42,7 @@ pub fn write_all(out: &Path, r: &Results) -> anyhow::Result<()> {
         )?;
     }
     if !r.topologies.is_empty() {
-        report::log_log_chart(
+        plot::log_log_chart(
             &out.join(TOPOLOGIES),
             "distlock cycles/s: one server, Redlock, Redis Cluster (servers on one CPU)",
             "concurrent tasks",
@@ -103,7 +104,7 @@ fn hand_off(out: &Path, r: &Results) -> anyhow::Result<()> {
             series.push((format!("{backend} {implementation} {what}"), points));
         }
     }
-    report::log_log_chart(
+    plot::log_log_chart(
         &out.join(HAND_OFF),
         "Hand-off: release → next waiter's acquire (1 ms hold)",
         "waiters on one name",
@@ -146,7 +147,7 @@ fn hold_cost(out: &Path, r: &Results) -> anyhow::Result<()> {
         };
         series.push((label.to_owned(), points));
     }
-    report::log_log_chart(
+    plot::log_log_chart(
         &out.join(HOLD_COST),
         "Server memory for K locks held at once (a point per measured K)",
         "locks held",
@@ -166,7 +167,7 @@ fn booking(out: &Path, r: &Results) -> anyhow::Result<()> {
             None => series.push((name, vec![point])),
         }
     }
-    report::linear_chart(
+    plot::linear_chart(
         &out.join(BOOKING),
         "Booking transactions/s on PostgreSQL while K locks are held",
         "K long-held locks",

@@ -21,14 +21,11 @@ use distlock_comparison::cyclers::{
     Cycler, Distlock, DlPg, DlRedis, POSTGRES, REDIS, REDIS_CLUSTER, RawPg, RawRedis, RsLock,
 };
 use distlock_comparison::measure::{DistlockTurn, PgBlockingTurn, Turn};
-use distlock_comparison::results::{
-    BookingResult, ClusterSpread, CycleResult, HandOffResult, Results,
-};
-use distlock_comparison::{booking, charts, hold, measure, report, system};
+use distlock_comparison::results::{ClusterSpread, CycleResult, HandOffResult, Results};
+use distlock_comparison::{booking, charts, hold, markdown, measure, report, system};
 use distlock_postgres::PgLockOptions;
 use distlock_redis::{DEFAULT_PREFIX, RedisLock, Redlock};
 use distlock_testkit::{PgOptions, PgServer, RedisCluster, RedisServer};
-use sqlx::postgres::PgPoolOptions;
 
 /// How long and how much each section measures.
 struct Plan {
@@ -115,25 +112,14 @@ impl Section {
     }
 }
 
-/// Where section 4's K long-held locks live.
-const BOOK_IN_REDIS: &str = REDIS;
-/// See [`BOOK_IN_REDIS`]: distlock's PostgreSQL locks on the application's pool.
-const BOOK_IN_PG_SHARED: &str = "PostgreSQL, app's pool";
-/// See [`BOOK_IN_REDIS`]: distlock's PostgreSQL locks on a pool of their own.
-const BOOK_IN_PG_OWN: &str = "PostgreSQL, own pool";
-
-/// The booking setup of section 4.
-const BOOKING_POOL: u32 = 20;
-const BOOKING_CLIENTS: usize = 16;
-const TICKETS: i64 = 1000;
-
 /// Measures distlock's Redis and PostgreSQL backends side by side, with the
 /// raw clients and the peer crates, on throwaway servers it starts itself.
 ///
-/// Sections: the lock cycle (latency and throughput at 1, 16 and 64 tasks),
-/// hand-off to the next waiter, the cost and capacity of held locks, booking
-/// transactions while locks are held, and one Redis server against Redlock
-/// and a cluster. Prints each section as it finishes, then writes report.md,
+/// Sections: the lock cycle (latency, throughput and client and server CPU
+/// per cycle at 1, 16 and 64 tasks, in interleaved rounds), hand-off to the
+/// next waiter (against PostgreSQL's own pg_advisory_lock), the cost and
+/// capacity of held locks, booking transactions while locks are held, and
+/// one Redis server against Redlock and a cluster. Prints each section as it finishes, then writes report.md,
 /// results.json and SVG charts to the output directory. scripts/compare.sh
 /// runs it after the Criterion groups: run that for the whole comparison.
 #[derive(Parser)]
@@ -246,10 +232,20 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(topologies(&plan, &mut results))?;
     }
     if runs(Section::Hold) {
-        rt.block_on(holding(&plan, &mut results))?;
+        rt.block_on(hold::section(
+            plan.redis_hold_ks,
+            plan.pg_hold_ks,
+            plan.redis_capacity,
+            plan.quick,
+            &mut results,
+        ))?;
     }
     if runs(Section::Booking) {
-        rt.block_on(bookings(&plan, &mut results))?;
+        rt.block_on(booking::section(
+            plan.booking_ks,
+            plan.booking_time,
+            &mut results,
+        ))?;
     }
     results.wall_secs = started.elapsed().as_secs_f64();
 
@@ -378,34 +374,11 @@ async fn cycles(
 }
 
 fn print_cycle_header() {
-    println!(
-        "{:<5} {:<13} {:<21} {:>5} {:>10} {:>10} {:>12} {:>11} {:>11}",
-        "round",
-        "backend",
-        "implementation",
-        "tasks",
-        "p50",
-        "p99",
-        "cycles/s",
-        "client CPU",
-        "server CPU"
-    );
+    println!("{}", report::cycle_line_header());
 }
 
 fn print_cycle_row(round: &str, r: &CycleResult) {
-    println!(
-        "{:<5} {:<13} {:<21} {:>5} {:>10} {:>10} {:>12} {:>8.1} µs {:>11}",
-        round,
-        r.backend,
-        r.implementation,
-        r.tasks,
-        report::micros(r.latency.p50_us),
-        report::micros(r.latency.p99_us),
-        report::count(r.ops_per_sec),
-        r.client_cpu_us,
-        r.server_cpu_us
-            .map_or("–".to_owned(), |s| format!("{s:.1} µs"))
-    );
+    println!("{}", report::cycle_line(round, r));
 }
 
 /// Section 6: the uncontended cycle of section 1 (same tasks, same
@@ -419,11 +392,11 @@ async fn topologies(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
     let started = Instant::now();
     let servers = RedisServer::start_several(5).context("start 5 redis-servers")?;
     for server in &servers {
-        pin(server.pid(), results.pinned)?;
+        system::pin_server(server.pid(), results.pinned)?;
     }
     let cluster = RedisCluster::start().context("start a Redis Cluster of 3 masters")?;
     for master in cluster.masters() {
-        pin(master.pid(), results.pinned)?;
+        system::pin_server(master.pid(), results.pinned)?;
     }
     results.topology_start_secs = started.elapsed().as_secs_f64();
     println!(
@@ -524,10 +497,7 @@ async fn hand_offs(
         "\n== 2. hand-off on one name, each holder keeps it 1 ms ({} hand-offs per row)",
         plan.hand_offs
     );
-    println!(
-        "{:<11} {:<26} {:>7} {:>10} {:>10} {:>12} {:>13}",
-        "backend", "implementation", "waiters", "p50", "p99", "hand-offs/s", "longest wait"
-    );
+    println!("{}", report::hand_off_line_header());
     let hold = Duration::from_millis(1);
     // Two tasks of one process sharing one client.
     for backend in [REDIS, POSTGRES] {
@@ -593,239 +563,12 @@ const HAND_OFF_SHARED: &str = report::HAND_OFF_SHARED;
 const HAND_OFF_PG_BLOCKING: &str = report::HAND_OFF_PG_BLOCKING;
 
 fn print_hand_off(r: &HandOffResult) {
-    println!(
-        "{:<11} {:<26} {:>7} {:>10} {:>10} {:>12.0} {:>10.1} ms",
-        r.backend,
-        r.implementation,
-        r.waiters,
-        report::micros(r.gap.p50_us),
-        report::micros(r.gap.p99_us),
-        r.hand_offs_per_sec,
-        r.longest_wait_ms
-    );
-}
-
-fn pin(pid: Option<u32>, pinned: bool) -> anyhow::Result<()> {
-    if let (Some(pid), true) = (pid, pinned) {
-        distlock_testkit::pin_process(pid, 0)?;
-    }
-    Ok(())
-}
-
-async fn holding(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
-    println!("\n== 3. the cost of holding K locks (fresh servers, PostgreSQL with its defaults)");
-    let redis = RedisServer::start()?;
-    let pg = PgServer::start()?;
-    pin(redis.pid(), results.pinned)?;
-    pin(pg.pid(), results.pinned)?;
-    let pg_url = pg.fresh_database()?;
-    // Warm-up, not recorded: the first locks on a fresh server also pay for
-    // script loading and client buffers.
-    hold::redis_hold(&redis, 100).await?;
-    println!(
-        "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
-        "backend", "K held", "connections", "memory growth", "per lock", "private/lock"
-    );
-    let mut measured = Vec::new();
-    for &k in plan.redis_hold_ks {
-        measured.push(hold::redis_hold(&redis, k).await?);
-    }
-    for &k in plan.pg_hold_ks {
-        measured.push(hold::pg_hold(&pg, &pg_url, k).await?);
-    }
-    for r in measured {
-        println!(
-            "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
-            r.backend,
-            r.held,
-            r.server_connections,
-            report::bytes(r.memory_bytes as f64),
-            report::bytes(r.bytes_per_lock),
-            r.private_bytes.map_or("–".to_owned(), |p| report::bytes(
-                p as f64 / r.held.max(1) as f64
-            )),
-        );
-        results.holds.push(r);
-    }
-
-    println!("\n-- capacity");
-    let pg_cap = hold::pg_capacity_distlock(&pg, &pg_url).await?;
-    print_capacity(&pg_cap);
-    results.capacity.push(pg_cap);
-    drop(pg);
-
-    let table = PgServer::start()?;
-    pin(table.pid(), results.pinned)?;
-    let table_url = table.fresh_database()?;
-    let lock_table = hold::pg_capacity_lock_table(&table_url).await?;
-    print_capacity(&lock_table);
-    results.capacity.push(lock_table);
-    drop(table);
-
-    let label = if plan.quick {
-        " (quick mode: not the full 1,000,000)"
-    } else {
-        ""
-    };
-    println!(
-        "Redis: {} locks through one client{label} ...",
-        report::count(plan.redis_capacity as f64)
-    );
-    let redis_cap = hold::redis_capacity(&redis, plan.redis_capacity).await?;
-    print_capacity(&redis_cap);
-    results.capacity.push(redis_cap);
-    Ok(())
-}
-
-fn print_capacity(c: &distlock_comparison::results::CapacityResult) {
-    println!(
-        "{}: {} locks in {:.2} s{} — {}",
-        c.backend,
-        report::count(c.held as f64),
-        c.acquire_secs,
-        c.bytes_per_lock.map_or(String::new(), |b| format!(
-            ", {} per lock",
-            report::bytes(b)
-        )),
-        c.how
-    );
-    if let Some(e) = &c.error {
-        println!("    stopped by: {e}");
-    }
-    for p in &c.probes {
-        println!("    {}: {}", p.what, p.outcome);
-    }
-}
-
-async fn bookings(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
-    results.booking_setup = format!(
-        "PostgreSQL with its default max_connections (100). The application has one sqlx pool of {BOOKING_POOL} connections \
-         (acquire timeout 1 s) that {BOOKING_CLIENTS} tasks use for booking transactions (UPDATE tickets … fence < $2 + INSERT INTO ticket_log, \
-         one transaction, on {TICKETS} seats; a sold seat is given back instead so the workload keeps going), {} s per row. \
-         K long-held locks are taken before each row and held throughout: *in PostgreSQL* through distlock's PgAdvisoryLock \
-         sharing the application's pool (`PgLockOptions::from_pool`, pool timeout 1 s) — each held lock pins one of the {BOOKING_POOL} connections \
-         (rows `{BOOK_IN_PG_SHARED}`); *in PostgreSQL* through distlock's PgAdvisoryLock on a pool of its own (`PgLockOptions::connect`, \
-         its default deployment: every option at its default except `max_connections`, raised from 10 to max(10, K) so that all K locks can be held — \
-         each held lock then takes a server connection of its own, outside the application's pool; rows `{BOOK_IN_PG_OWN}`); \
-         *in Redis* through distlock's RedisLock on a Redis server. K runs past the pool size.",
-        plan.booking_time.as_secs()
-    );
-    println!(
-        "\n== 4. booking transactions on PostgreSQL while K locks are held ({BOOKING_CLIENTS} clients, pool of {BOOKING_POOL})"
-    );
-    let pg = PgServer::start()?;
-    let redis = RedisServer::start()?;
-    pin(pg.pid(), results.pinned)?;
-    pin(redis.pid(), results.pinned)?;
-    let url = pg.fresh_database()?;
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&url).await?;
-        booking::prepare(&mut conn, TICKETS).await?;
-    }
-    let redis_locks = RedisLock::connect(&redis.url()).await?;
-    println!(
-        "{:>4} {:<22} {:>5} {:>11} {:>10} {:>10} {:>7}  first error",
-        "K", "locks in", "held", "bookings/s", "p50", "p99", "failed"
-    );
-    for &k in plan.booking_ks {
-        for (locks_in, tag) in [
-            (BOOK_IN_REDIS, "redis"),
-            (BOOK_IN_PG_SHARED, "pg-shared"),
-            (BOOK_IN_PG_OWN, "pg-own"),
-        ] {
-            let pool = PgPoolOptions::new()
-                .max_connections(BOOKING_POOL)
-                .acquire_timeout(Duration::from_secs(1))
-                .connect(&url)
-                .await?;
-            let pg_locks;
-            let locks: &dyn DistributedLock = match locks_in {
-                BOOK_IN_REDIS => &redis_locks,
-                BOOK_IN_PG_SHARED => {
-                    pg_locks = PgLockOptions::new()
-                        .pool_timeout(Duration::from_secs(1))
-                        .from_pool(pool.clone())
-                        .await?;
-                    &pg_locks
-                }
-                _ => {
-                    pg_locks = PgLockOptions::new()
-                        .max_connections((k as u32).max(10))
-                        .connect(&url)
-                        .await?;
-                    &pg_locks
-                }
-            };
-            let attempts =
-                (0..k).map(|n| locks.try_acquire_owned_name(format!("long:{tag}:{k}:{n}")));
-            let outcomes = futures::future::join_all(attempts).await;
-            let mut guards = Vec::new();
-            let mut lock_error = None;
-            for outcome in outcomes {
-                match outcome {
-                    Ok(Some(guard)) => guards.push(guard),
-                    Ok(None) => anyhow::bail!("a long-held lock was already held"),
-                    Err(e) => {
-                        lock_error.get_or_insert(e.to_string());
-                    }
-                }
-            }
-            let w = booking::run(&pool, BOOKING_CLIENTS, TICKETS, plan.booking_time).await;
-            let r = BookingResult {
-                locks_in: locks_in.to_owned(),
-                requested: k,
-                held: guards.len(),
-                tps: w.tps,
-                latency: w.latency,
-                errors: w.errors,
-                first_error: w.first_error,
-                lock_error,
-            };
-            println!(
-                "{:>4} {:<22} {:>5} {:>11.0} {:>10} {:>10} {:>7}  {}",
-                k,
-                locks_in,
-                r.held,
-                r.tps,
-                report::micros(r.latency.p50_us),
-                report::micros(r.latency.p99_us),
-                r.errors,
-                r.first_error
-                    .as_deref()
-                    .or(r.lock_error.as_deref())
-                    .unwrap_or("")
-            );
-            for guard in guards {
-                guard.release().await?;
-            }
-            pool.close().await;
-            results.booking.push(r);
-        }
-    }
-    Ok(())
-}
-
-/// `try_acquire` with an owned name, for `join_all`.
-trait TryOwned {
-    fn try_acquire_owned_name(
-        &self,
-        name: String,
-    ) -> impl Future<Output = Result<Option<distlock::LockGuard>, distlock::LockError>>;
-}
-
-impl TryOwned for dyn DistributedLock + '_ {
-    async fn try_acquire_owned_name(
-        &self,
-        name: String,
-    ) -> Result<Option<distlock::LockGuard>, distlock::LockError> {
-        self.try_acquire(&name, Duration::from_secs(3600)).await
-    }
+    println!("{}", report::hand_off_line(r));
 }
 
 fn write_report(out: &std::path::Path, r: &Results) -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(r)?)?;
-    std::fs::write(out.join("report.md"), report::markdown(r))?;
+    std::fs::write(out.join("report.md"), markdown::markdown(r))?;
     charts::write_all(out, r)
 }
 

@@ -38,8 +38,9 @@ pub trait Cycler: Send + Sync {
     async fn cycle(&self, name: &str) -> anyhow::Result<()>;
 }
 
-/// A stable 64-bit key for a name, for the raw advisory-lock cycle.
-fn key(name: &str) -> i64 {
+/// A stable 64-bit key for a name, for the raw advisory-lock cycle and the
+/// `pg_advisory_lock` hand-off baseline.
+pub fn key(name: &str) -> i64 {
     let mut hasher = DefaultHasher::new();
     name.hash(&mut hasher);
     hasher.finish() as i64
@@ -328,11 +329,15 @@ pub struct DlPg {
 }
 
 impl DlPg {
-    /// A provider on a pool of up to `connections` connections to `url`.
+    /// A provider on a pool of up to `connections` connections to `url`,
+    /// without sqlx's ping on every checkout (`test_before_acquire(false)`,
+    /// as the raw row's pool and distlock's own): the crate takes any
+    /// `PgPool`, so this is a configuration its users can choose.
     pub async fn connect(url: &str, connections: u32) -> anyhow::Result<Self> {
         let pool = sqlx08::postgres::PgPoolOptions::new()
             .max_connections(connections)
             .min_connections(connections)
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         let provider = PostgresLockProvider::builder()

@@ -15,8 +15,9 @@ use sqlx::{Connection, Executor};
 
 use crate::booking;
 use crate::cyclers::{POSTGRES, REDIS};
-use crate::results::{CapacityResult, HoldResult, Probe};
-use crate::system::{memory_of, redis_info};
+use crate::report;
+use crate::results::{CapacityResult, HoldResult, Probe, Results};
+use crate::system::{memory_of, pin_server, redis_info};
 
 /// Long enough to outlast any measurement.
 const HOLD_TTL: Duration = Duration::from_secs(3600);
@@ -56,21 +57,24 @@ async fn release_many(guards: Vec<LockGuard>, parallel: usize) -> anyhow::Result
     Ok(())
 }
 
-/// K locks held through one [`RedisLock`]: `used_memory` growth and the
-/// server's connections.
+/// Acquires in flight while K Redis locks are taken (as in the capacity run).
+const REDIS_IN_FLIGHT: usize = 256;
+
+/// K locks held through one [`RedisLock`] (up to 256 acquires in flight):
+/// `used_memory` growth and the server's connections.
 pub async fn redis_hold(server: &RedisServer, k: usize) -> anyhow::Result<HoldResult> {
     let url = server.url();
     let locks = RedisLock::connect(&url).await?;
     let mut info = info_conn(&url).await?;
     let before = redis_info(&mut info, "used_memory").await?;
     let started = Instant::now();
-    let guards = take_many(&locks, &format!("hold:{k}"), k, 1).await?;
+    let guards = take_many(&locks, &format!("hold:{k}"), k, REDIS_IN_FLIGHT).await?;
     let acquire_secs = started.elapsed().as_secs_f64();
     let after = redis_info(&mut info, "used_memory").await?;
     // Our INFO connection is not the lock's.
     let clients = redis_info(&mut info, "connected_clients").await? - 1;
     let held = guards.len();
-    release_many(guards, 1).await?;
+    release_many(guards, REDIS_IN_FLIGHT).await?;
     Ok(HoldResult {
         backend: REDIS.to_owned(),
         requested: k,
@@ -334,7 +338,7 @@ pub async fn redis_capacity(server: &RedisServer, count: usize) -> anyhow::Resul
     let mut info = info_conn(&url).await?;
     let before = redis_info(&mut info, "used_memory").await?;
     let started = Instant::now();
-    let guards = take_many(&locks, "cap", count, 256).await?;
+    let guards = take_many(&locks, "cap", count, REDIS_IN_FLIGHT).await?;
     let acquire_secs = started.elapsed().as_secs_f64();
     let after = redis_info(&mut info, "used_memory").await?;
     let clients = redis_info(&mut info, "connected_clients").await? - 1;
@@ -351,7 +355,7 @@ pub async fn redis_capacity(server: &RedisServer, count: usize) -> anyhow::Resul
         }
     };
     let started = Instant::now();
-    release_many(guards, 256).await?;
+    release_many(guards, REDIS_IN_FLIGHT).await?;
     let release_secs = started.elapsed().as_secs_f64();
     Ok(CapacityResult {
         backend: REDIS.to_owned(),
@@ -368,4 +372,99 @@ pub async fn redis_capacity(server: &RedisServer, count: usize) -> anyhow::Resul
             outcome: probe_ok,
         }],
     })
+}
+
+/// Section 3 on fresh servers (pinned to CPU 0 when the run pins): K held
+/// Redis locks for each of `redis_ks`, K held PostgreSQL locks for each of
+/// `pg_ks`, then the capacity runs (PostgreSQL's connections, its lock
+/// table, and `capacity` Redis locks through one client).
+pub async fn section(
+    redis_ks: &[usize],
+    pg_ks: &[usize],
+    capacity: usize,
+    quick: bool,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    println!("\n== 3. the cost of holding K locks (fresh servers, PostgreSQL with its defaults)");
+    let redis = RedisServer::start()?;
+    let pg = PgServer::start()?;
+    pin_server(redis.pid(), results.pinned)?;
+    pin_server(pg.pid(), results.pinned)?;
+    let pg_url = pg.fresh_database()?;
+    // Warm-up, not recorded: the first locks on a fresh server also pay for
+    // script loading and client buffers.
+    redis_hold(&redis, 100).await?;
+    println!(
+        "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
+        "backend", "K held", "connections", "memory growth", "per lock", "private/lock"
+    );
+    let mut measured = Vec::new();
+    for &k in redis_ks {
+        measured.push(redis_hold(&redis, k).await?);
+    }
+    for &k in pg_ks {
+        measured.push(pg_hold(&pg, &pg_url, k).await?);
+    }
+    for r in measured {
+        println!(
+            "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
+            r.backend,
+            r.held,
+            r.server_connections,
+            report::bytes(r.memory_bytes as f64),
+            report::bytes(r.bytes_per_lock),
+            r.private_bytes.map_or("–".to_owned(), |p| report::bytes(
+                p as f64 / r.held.max(1) as f64
+            )),
+        );
+        results.holds.push(r);
+    }
+
+    println!("\n-- capacity");
+    let pg_cap = pg_capacity_distlock(&pg, &pg_url).await?;
+    print_capacity(&pg_cap);
+    results.capacity.push(pg_cap);
+    drop(pg);
+
+    let table = PgServer::start()?;
+    pin_server(table.pid(), results.pinned)?;
+    let table_url = table.fresh_database()?;
+    let lock_table = pg_capacity_lock_table(&table_url).await?;
+    print_capacity(&lock_table);
+    results.capacity.push(lock_table);
+    drop(table);
+
+    let label = if quick {
+        " (quick mode: not the full 1,000,000)"
+    } else {
+        ""
+    };
+    println!(
+        "Redis: {} locks through one client{label} ...",
+        report::count(capacity as f64)
+    );
+    let redis_cap = redis_capacity(&redis, capacity).await?;
+    print_capacity(&redis_cap);
+    results.capacity.push(redis_cap);
+    Ok(())
+}
+
+fn print_capacity(c: &CapacityResult) {
+    println!(
+        "{}: {} locks in {:.2} s{} — {}",
+        c.backend,
+        report::count(c.held as f64),
+        c.acquire_secs,
+        c.bytes_per_lock.map_or(String::new(), |b| format!(
+            ", {} per lock",
+            report::bytes(b)
+        )),
+        c.how
+    );
+    if let Some(e) = &c.error {
+        println!("    stopped by: {e}");
+    }
+    for p in &c.probes {
+        println!("    {}: {}", p.what, p.outcome);
+    }
 }

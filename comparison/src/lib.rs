@@ -6,10 +6,13 @@
 //! distlock-testkit; nothing is meant for use outside the comparison run.
 
 pub mod booking;
+pub mod charts;
 pub mod cpu;
 pub mod cyclers;
 pub mod hold;
+pub mod markdown;
 pub mod measure;
+pub mod plot;
 pub mod report;
 pub mod results;
 pub mod system;

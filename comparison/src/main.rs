@@ -6,7 +6,7 @@
 //! Criterion groups.
 //!
 //! ```text
-//! cargo run --release -p distlock-comparison -- [--quick] [--out DIR]
+//! cargo run --release -p distlock-comparison -- [--quick] [--rounds N] [--only SECTION,...] [--out DIR]
 //! cargo run --release -p distlock-comparison -- --help
 //! ```
 
@@ -20,23 +20,28 @@ use distlock::DistributedLock;
 use distlock_comparison::cyclers::{
     Cycler, Distlock, DlPg, DlRedis, POSTGRES, REDIS, REDIS_CLUSTER, RawPg, RawRedis, RsLock,
 };
-use distlock_comparison::results::{BookingResult, ClusterSpread, CycleResult, Results};
-use distlock_comparison::{booking, hold, measure, report, system};
+use distlock_comparison::measure::{DistlockTurn, PgBlockingTurn, Turn};
+use distlock_comparison::results::{ClusterSpread, CycleResult, HandOffResult, Results};
+use distlock_comparison::{booking, charts, hold, markdown, measure, report, system};
 use distlock_postgres::PgLockOptions;
 use distlock_redis::{DEFAULT_PREFIX, RedisLock, Redlock};
 use distlock_testkit::{PgOptions, PgServer, RedisCluster, RedisServer};
-use plotters::prelude::SeriesLabelPosition;
-use sqlx::postgres::PgPoolOptions;
 
 /// How long and how much each section measures.
 struct Plan {
     quick: bool,
+    /// Rounds of the lock-cycle section (`--rounds` overrides).
+    rounds: usize,
     warm_up: Duration,
     measure: Duration,
     tasks: &'static [usize],
     waiters: &'static [usize],
     hand_offs: usize,
-    hold_ks: &'static [usize],
+    /// K held Redis locks measured one at a time (the capacity run adds
+    /// `redis_capacity`).
+    redis_hold_ks: &'static [usize],
+    /// K held PostgreSQL locks (one connection each: below max_connections).
+    pg_hold_ks: &'static [usize],
     redis_capacity: usize,
     booking_ks: &'static [usize],
     booking_time: Duration,
@@ -44,12 +49,14 @@ struct Plan {
 
 const QUICK: Plan = Plan {
     quick: true,
+    rounds: 1,
     warm_up: Duration::from_millis(100),
     measure: Duration::from_millis(400),
     tasks: &[1, 16, 64],
     waiters: &[2, 8, 32],
     hand_offs: 100,
-    hold_ks: &[10, 50, 90],
+    redis_hold_ks: &[10, 100, 1000],
+    pg_hold_ks: &[10, 50, 90],
     redis_capacity: 20_000,
     booking_ks: &[0, 10, 20, 25],
     booking_time: Duration::from_secs(1),
@@ -57,29 +64,62 @@ const QUICK: Plan = Plan {
 
 const FULL: Plan = Plan {
     quick: false,
+    rounds: 3,
     warm_up: Duration::from_millis(500),
     measure: Duration::from_secs(3),
     tasks: &[1, 16, 64],
     waiters: &[2, 8, 32],
     hand_offs: 1000,
-    hold_ks: &[10, 50, 90],
+    redis_hold_ks: &[10, 100, 1000, 10_000, 100_000],
+    pg_hold_ks: &[10, 50, 90],
     redis_capacity: 1_000_000,
     booking_ks: &[0, 5, 10, 15, 18, 20, 25],
     booking_time: Duration::from_secs(4),
 };
 
-/// The booking setup of section 4.
-const BOOKING_POOL: u32 = 20;
-const BOOKING_CLIENTS: usize = 16;
-const TICKETS: i64 = 1000;
+/// The sections of the run, for `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// 1 + 5: the lock cycle at 1, 16 and 64 tasks, in rounds.
+    Cycles,
+    /// 2: hand-off to the next waiter.
+    HandOff,
+    /// 3: the cost and capacity of held locks.
+    Hold,
+    /// 4: booking transactions while K locks are held.
+    Booking,
+    /// 6: one Redis server vs Redlock vs a cluster.
+    Topologies,
+}
+
+impl Section {
+    const ALL: [Section; 5] = [
+        Section::Cycles,
+        Section::HandOff,
+        Section::Hold,
+        Section::Booking,
+        Section::Topologies,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Section::Cycles => "cycles",
+            Section::HandOff => "hand-off",
+            Section::Hold => "hold",
+            Section::Booking => "booking",
+            Section::Topologies => "topologies",
+        }
+    }
+}
 
 /// Measures distlock's Redis and PostgreSQL backends side by side, with the
 /// raw clients and the peer crates, on throwaway servers it starts itself.
 ///
-/// Sections: the lock cycle (latency and throughput at 1, 16 and 64 tasks),
-/// hand-off to the next waiter, the cost and capacity of held locks, booking
-/// transactions while locks are held, and one Redis server against Redlock
-/// and a cluster. Prints each section as it finishes, then writes report.md,
+/// Sections: the lock cycle (latency, throughput and client and server CPU
+/// per cycle at 1, 16 and 64 tasks, in interleaved rounds), hand-off to the
+/// next waiter (against PostgreSQL's own pg_advisory_lock), the cost and
+/// capacity of held locks, booking transactions while locks are held, and
+/// one Redis server against Redlock and a cluster. Prints each section as it finishes, then writes report.md,
 /// results.json and SVG charts to the output directory. scripts/compare.sh
 /// runs it after the Criterion groups: run that for the whole comparison.
 #[derive(Parser)]
@@ -95,14 +135,39 @@ struct Args {
     /// locks and booking levels.
     #[arg(long)]
     quick: bool,
+    /// Rounds of the lock-cycle section (default: 3, quick: 1); in each
+    /// round every implementation runs once per task count, interleaved.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=20))]
+    rounds: Option<u64>,
+    /// Run only these sections (comma-separated or repeated), for quick
+    /// iteration; the report and charts then cover only them.
+    #[arg(long, value_name = "SECTION", value_delimiter = ',')]
+    only: Vec<Section>,
     /// Where report.md, results.json and the charts are written.
     #[arg(long, value_name = "DIR", default_value = "target/comparison")]
     out: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { quick, out } = Args::parse();
-    let plan = if quick { QUICK } else { FULL };
+    let Args {
+        quick,
+        rounds,
+        only,
+        out,
+    } = Args::parse();
+    let mut plan = if quick { QUICK } else { FULL };
+    if let Some(rounds) = rounds {
+        plan.rounds = rounds as usize;
+    }
+    let sections: Vec<Section> = if only.is_empty() {
+        Section::ALL.to_vec()
+    } else {
+        Section::ALL
+            .into_iter()
+            .filter(|s| only.contains(s))
+            .collect()
+    };
+    let runs = |section: Section| sections.contains(&section);
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
 
     let started = Instant::now();
@@ -119,6 +184,9 @@ fn main() -> anyhow::Result<()> {
         cpu_model: system::cpu_model(),
         servers: vec![system::version_of("redis-server"), pg_version()],
         load_before: system::load_average(),
+        sections: sections.iter().map(|s| s.name().to_owned()).collect(),
+        rounds: plan.rounds,
+        cycle_secs: plan.measure.as_secs_f64(),
         ..Results::default()
     };
 
@@ -144,26 +212,58 @@ fn main() -> anyhow::Result<()> {
         },
         results.load_before
     );
+    let pids = ServerPids {
+        redis: redis.pid(),
+        pg: pg.pid(),
+    };
     rt.block_on(async {
         let pg_url = pg.fresh_database()?;
-        cycles(&plan, &redis.url(), &pg_url, &mut results).await?;
-        hand_offs(&plan, &redis.url(), &pg_url, &mut results).await?;
+        if runs(Section::Cycles) {
+            cycles(&plan, &redis.url(), &pg_url, pids, &mut results).await?;
+        }
+        if runs(Section::HandOff) {
+            hand_offs(&plan, &redis.url(), &pg_url, &mut results).await?;
+        }
         anyhow::Ok(())
     })?;
     drop((redis, pg));
 
-    rt.block_on(topologies(&plan, &mut results))?;
-    rt.block_on(holding(&plan, &mut results))?;
-    rt.block_on(bookings(&plan, &mut results))?;
+    if runs(Section::Topologies) {
+        rt.block_on(topologies(&plan, &mut results))?;
+    }
+    if runs(Section::Hold) {
+        rt.block_on(hold::section(
+            plan.redis_hold_ks,
+            plan.pg_hold_ks,
+            plan.redis_capacity,
+            plan.quick,
+            &mut results,
+        ))?;
+    }
+    if runs(Section::Booking) {
+        rt.block_on(booking::section(
+            plan.booking_ks,
+            plan.booking_time,
+            &mut results,
+        ))?;
+    }
     results.wall_secs = started.elapsed().as_secs_f64();
 
     write_report(&out, &results)?;
-    println!();
-    println!("{}", report::cycle_table(&results.cycles));
-    println!(
-        "6. distlock on one Redis server, on Redlocks and on a Redis Cluster (all servers on one CPU):"
-    );
-    println!("{}", report::cycle_table(&results.topologies));
+    if !results.cycles.is_empty() {
+        println!(
+            "\n1 + 5. lock cycle, median of {} round{} (cycles/s min–max over the rounds; CPU per cycle: medians):",
+            results.rounds,
+            if results.rounds == 1 { "" } else { "s" }
+        );
+        println!("{}", report::cycle_table(&results.cycles));
+    }
+    if !results.topologies.is_empty() {
+        println!(
+            "6. distlock on one Redis server, on Redlocks and on a Redis Cluster (all servers on one CPU):"
+        );
+        println!("{}", report::cycle_table(&results.topologies));
+    }
     println!(
         "custom measurements took {:.0} s; report: {}/report.md (charts and results.json beside it)",
         results.wall_secs,
@@ -172,14 +272,28 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pids whose CPU time the lock-cycle rows read.
+#[derive(Clone, Copy)]
+struct ServerPids {
+    redis: Option<u32>,
+    pg: Option<u32>,
+}
+
+/// Sections 1 and 5, in rounds: in each round every implementation runs
+/// once per task count, the implementations interleaved (round 1: A B C …
+/// at 1 task, A B C … at 16 tasks, …; round 2 the same), so that drift on
+/// the machine hits all of them alike. A row is the median of its rounds.
 async fn cycles(
     plan: &Plan,
     redis_url: &str,
     pg_url: &str,
+    pids: ServerPids,
     results: &mut Results,
 ) -> anyhow::Result<()> {
     println!(
-        "\n== 1 + 5. lock cycle (acquire + release), {} s per row after {} ms warm-up",
+        "\n== 1 + 5. lock cycle (acquire + release), {} round{}, {} s per run after {} ms warm-up",
+        plan.rounds,
+        if plan.rounds == 1 { "" } else { "s" },
         plan.measure.as_secs_f64(),
         plan.warm_up.as_millis()
     );
@@ -208,47 +322,63 @@ async fn cycles(
             .peers_left_out
             .push(format!("distributed-lock (PostgreSQL): {e:#}")),
     }
+    // rounds_of[cycler][tasks index]: that row's rounds so far.
+    let mut rounds_of: Vec<Vec<Vec<CycleResult>>> =
+        vec![vec![Vec::new(); plan.tasks.len()]; cyclers.len()];
+    let mut failed = vec![false; cyclers.len()];
     print_cycle_header();
-    for cycler in cyclers {
-        for &tasks in plan.tasks {
-            match measure::cycles(Arc::clone(&cycler), tasks, plan.warm_up, plan.measure).await {
-                Ok(r) => {
-                    print_cycle_row(&r);
-                    results.cycles.push(r);
+    for round in 1..=plan.rounds {
+        for (t, &tasks) in plan.tasks.iter().enumerate() {
+            for (c, cycler) in cyclers.iter().enumerate() {
+                if failed[c] {
+                    continue;
                 }
-                Err(e) => {
-                    let note = format!(
-                        "{} ({}) at {tasks} tasks failed: {e:#}",
-                        cycler.label(),
-                        cycler.backend()
-                    );
-                    println!("{note}");
-                    results.peers_left_out.push(note);
-                    break;
+                let server = if cycler.backend() == REDIS {
+                    pids.redis
+                } else {
+                    pids.pg
+                };
+                match measure::cycles(
+                    Arc::clone(cycler),
+                    tasks,
+                    plan.warm_up,
+                    plan.measure,
+                    server,
+                )
+                .await
+                {
+                    Ok(r) => {
+                        print_cycle_row(&format!("{round}/{}", plan.rounds), &r);
+                        rounds_of[c][t].push(r);
+                    }
+                    Err(e) => {
+                        let note = format!(
+                            "{} ({}) at {tasks} tasks failed in round {round}: {e:#}",
+                            cycler.label(),
+                            cycler.backend()
+                        );
+                        println!("{note}");
+                        results.peers_left_out.push(note);
+                        failed[c] = true;
+                    }
                 }
             }
         }
+    }
+    for per_tasks in &rounds_of {
+        results
+            .cycles
+            .extend(per_tasks.iter().filter_map(|r| CycleResult::median_of(r)));
     }
     Ok(())
 }
 
 fn print_cycle_header() {
-    println!(
-        "{:<13} {:<21} {:>5} {:>10} {:>10} {:>12}",
-        "backend", "implementation", "tasks", "p50", "p99", "cycles/s"
-    );
+    println!("{}", report::cycle_line_header());
 }
 
-fn print_cycle_row(r: &CycleResult) {
-    println!(
-        "{:<13} {:<21} {:>5} {:>10} {:>10} {:>12}",
-        r.backend,
-        r.implementation,
-        r.tasks,
-        report::micros(r.latency.p50_us),
-        report::micros(r.latency.p99_us),
-        report::count(r.ops_per_sec)
-    );
+fn print_cycle_row(round: &str, r: &CycleResult) {
+    println!("{}", report::cycle_line(round, r));
 }
 
 /// Section 6: the uncontended cycle of section 1 (same tasks, same
@@ -262,11 +392,11 @@ async fn topologies(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
     let started = Instant::now();
     let servers = RedisServer::start_several(5).context("start 5 redis-servers")?;
     for server in &servers {
-        pin(server.pid(), results.pinned)?;
+        system::pin_server(server.pid(), results.pinned)?;
     }
     let cluster = RedisCluster::start().context("start a Redis Cluster of 3 masters")?;
     for master in cluster.masters() {
-        pin(master.pid(), results.pinned)?;
+        system::pin_server(master.pid(), results.pinned)?;
     }
     results.topology_start_secs = started.elapsed().as_secs_f64();
     println!(
@@ -312,12 +442,13 @@ async fn topologies(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
     print_cycle_header();
     for cycler in cyclers {
         for &tasks in plan.tasks {
-            let r = measure::cycles(Arc::clone(&cycler), tasks, plan.warm_up, plan.measure)
+            // Several servers: the client's CPU only.
+            let r = measure::cycles(Arc::clone(&cycler), tasks, plan.warm_up, plan.measure, None)
                 .await
                 .with_context(|| {
                     format!("{} ({}) at {tasks} tasks", cycler.label(), cycler.backend())
                 })?;
-            print_cycle_row(&r);
+            print_cycle_row("1/1", &r);
             results.topologies.push(r);
         }
     }
@@ -351,6 +482,11 @@ fn cluster_spread(
     })
 }
 
+/// Section 2: the hand-off of one name between waiters holding it 1 ms
+/// each: two tasks sharing one distlock client; 2, 8 and 32 waiters each
+/// with a client of its own (as separate processes would be); and, as
+/// PostgreSQL's baseline, the same waiters as sessions blocked in the
+/// server's own `pg_advisory_lock`.
 async fn hand_offs(
     plan: &Plan,
     redis_url: &str,
@@ -361,362 +497,79 @@ async fn hand_offs(
         "\n== 2. hand-off on one name, each holder keeps it 1 ms ({} hand-offs per row)",
         plan.hand_offs
     );
-    println!(
-        "{:<11} {:>7} {:>10} {:>10} {:>12} {:>13}",
-        "backend", "waiters", "p50", "p99", "hand-offs/s", "longest wait"
-    );
+    println!("{}", report::hand_off_line_header());
+    let hold = Duration::from_millis(1);
+    // Two tasks of one process sharing one client.
+    for backend in [REDIS, POSTGRES] {
+        let shared: Arc<dyn DistributedLock> = if backend == REDIS {
+            Arc::new(RedisLock::connect(redis_url).await?)
+        } else {
+            Arc::new(PgLockOptions::new().connect(pg_url).await?)
+        };
+        let turns: Vec<Box<dyn Turn>> = (0..2)
+            .map(|_| Box::new(DistlockTurn::new(Arc::clone(&shared))) as Box<dyn Turn>)
+            .collect();
+        let r = measure::hand_off(
+            backend,
+            HAND_OFF_SHARED,
+            turns,
+            "cmp:handoff:shared",
+            hold,
+            plan.hand_offs,
+        )
+        .await?;
+        print_hand_off(&r);
+        results.hand_offs.push(r);
+    }
     for &waiters in plan.waiters {
-        for backend in [REDIS, POSTGRES] {
-            let mut clients: Vec<Arc<dyn DistributedLock>> = Vec::with_capacity(waiters);
+        for (backend, implementation) in [
+            (REDIS, HAND_OFF_OWN),
+            (POSTGRES, HAND_OFF_OWN),
+            (POSTGRES, HAND_OFF_PG_BLOCKING),
+        ] {
+            let mut turns: Vec<Box<dyn Turn>> = Vec::with_capacity(waiters);
             for _ in 0..waiters {
-                if backend == REDIS {
-                    clients.push(Arc::new(RedisLock::connect(redis_url).await?));
-                } else {
-                    clients.push(Arc::new(
+                turns.push(match (backend, implementation) {
+                    (REDIS, _) => Box::new(DistlockTurn::new(Arc::new(
+                        RedisLock::connect(redis_url).await?,
+                    ))),
+                    (_, HAND_OFF_PG_BLOCKING) => Box::new(PgBlockingTurn::connect(pg_url).await?),
+                    _ => Box::new(DistlockTurn::new(Arc::new(
                         PgLockOptions::new()
                             .max_connections(1)
                             .connect(pg_url)
                             .await?,
-                    ));
-                }
+                    ))),
+                });
             }
-            let name = format!("cmp:handoff:{waiters}");
-            let r = measure::hand_off(
-                backend,
-                clients,
-                &name,
-                Duration::from_millis(1),
-                plan.hand_offs,
-            )
-            .await?;
-            println!(
-                "{:<11} {:>7} {:>10} {:>10} {:>12.0} {:>10.1} ms",
-                r.backend,
-                r.waiters,
-                report::micros(r.gap.p50_us),
-                report::micros(r.gap.p99_us),
-                r.hand_offs_per_sec,
-                r.longest_wait_ms
-            );
+            let name = format!("cmp:handoff:{implementation}:{waiters}");
+            let r = measure::hand_off(backend, implementation, turns, &name, hold, plan.hand_offs)
+                .await?;
+            print_hand_off(&r);
             results.hand_offs.push(r);
         }
     }
-    Ok(())
-}
-
-fn pin(pid: Option<u32>, pinned: bool) -> anyhow::Result<()> {
-    if let (Some(pid), true) = (pid, pinned) {
-        distlock_testkit::pin_process(pid, 0)?;
+    if let Some(line) = report::hand_off_against_baseline(&results.hand_offs) {
+        println!("{line}");
     }
     Ok(())
 }
 
-async fn holding(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
-    println!("\n== 3. the cost of holding K locks (fresh servers, PostgreSQL with its defaults)");
-    let redis = RedisServer::start()?;
-    let pg = PgServer::start()?;
-    pin(redis.pid(), results.pinned)?;
-    pin(pg.pid(), results.pinned)?;
-    let pg_url = pg.fresh_database()?;
-    // Warm-up, not recorded: the first locks on a fresh server also pay for
-    // script loading and client buffers.
-    hold::redis_hold(&redis, 100).await?;
-    println!(
-        "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
-        "backend", "K held", "connections", "memory growth", "per lock", "private/lock"
-    );
-    for &k in plan.hold_ks {
-        for r in [
-            hold::redis_hold(&redis, k).await?,
-            hold::pg_hold(&pg, &pg_url, k).await?,
-        ] {
-            println!(
-                "{:<11} {:>9} {:>12} {:>14} {:>12} {:>14}",
-                r.backend,
-                r.held,
-                r.server_connections,
-                report::bytes(r.memory_bytes as f64),
-                report::bytes(r.bytes_per_lock),
-                r.private_bytes.map_or("–".to_owned(), |p| report::bytes(
-                    p as f64 / r.held.max(1) as f64
-                )),
-            );
-            results.holds.push(r);
-        }
-    }
+/// Section 2's rows: distlock, each waiter its own client.
+const HAND_OFF_OWN: &str = report::HAND_OFF_OWN;
+/// Section 2's rows: distlock, the waiters are tasks sharing one client.
+const HAND_OFF_SHARED: &str = report::HAND_OFF_SHARED;
+/// Section 2's PostgreSQL baseline: sessions blocked in `pg_advisory_lock`.
+const HAND_OFF_PG_BLOCKING: &str = report::HAND_OFF_PG_BLOCKING;
 
-    println!("\n-- capacity");
-    let pg_cap = hold::pg_capacity_distlock(&pg, &pg_url).await?;
-    print_capacity(&pg_cap);
-    results.capacity.push(pg_cap);
-    drop(pg);
-
-    let table = PgServer::start()?;
-    pin(table.pid(), results.pinned)?;
-    let table_url = table.fresh_database()?;
-    let lock_table = hold::pg_capacity_lock_table(&table_url).await?;
-    print_capacity(&lock_table);
-    results.capacity.push(lock_table);
-    drop(table);
-
-    let label = if plan.quick {
-        " (quick mode: not the full 1,000,000)"
-    } else {
-        ""
-    };
-    println!(
-        "Redis: {} locks through one client{label} ...",
-        report::count(plan.redis_capacity as f64)
-    );
-    let redis_cap = hold::redis_capacity(&redis, plan.redis_capacity).await?;
-    print_capacity(&redis_cap);
-    results.capacity.push(redis_cap);
-    Ok(())
-}
-
-fn print_capacity(c: &distlock_comparison::results::CapacityResult) {
-    println!(
-        "{}: {} locks in {:.2} s{} — {}",
-        c.backend,
-        report::count(c.held as f64),
-        c.acquire_secs,
-        c.bytes_per_lock.map_or(String::new(), |b| format!(
-            ", {} per lock",
-            report::bytes(b)
-        )),
-        c.how
-    );
-    if let Some(e) = &c.error {
-        println!("    stopped by: {e}");
-    }
-    for p in &c.probes {
-        println!("    {}: {}", p.what, p.outcome);
-    }
-}
-
-async fn bookings(plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
-    results.booking_setup = format!(
-        "PostgreSQL with its default max_connections (100). The application has one sqlx pool of {BOOKING_POOL} connections \
-         (acquire timeout 1 s) that {BOOKING_CLIENTS} tasks use for booking transactions (UPDATE tickets … fence < $2 + INSERT INTO ticket_log, \
-         one transaction, on {TICKETS} seats; a sold seat is given back instead so the workload keeps going), {} s per row. \
-         K long-held locks are taken before each row and held throughout: *in PostgreSQL* through distlock's PgAdvisoryLock \
-         sharing the application's pool (`PgLockOptions::from_pool`, pool timeout 1 s) — each held lock pins one of the {BOOKING_POOL} connections; \
-         *in Redis* through distlock's RedisLock on a Redis server. K runs past the pool size.",
-        plan.booking_time.as_secs()
-    );
-    println!(
-        "\n== 4. booking transactions on PostgreSQL while K locks are held ({BOOKING_CLIENTS} clients, pool of {BOOKING_POOL})"
-    );
-    let pg = PgServer::start()?;
-    let redis = RedisServer::start()?;
-    pin(pg.pid(), results.pinned)?;
-    pin(redis.pid(), results.pinned)?;
-    let url = pg.fresh_database()?;
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&url).await?;
-        booking::prepare(&mut conn, TICKETS).await?;
-    }
-    let redis_locks = RedisLock::connect(&redis.url()).await?;
-    println!(
-        "{:>4} {:<11} {:>5} {:>11} {:>10} {:>10} {:>7}  first error",
-        "K", "locks in", "held", "bookings/s", "p50", "p99", "failed"
-    );
-    for &k in plan.booking_ks {
-        for locks_in in [REDIS, POSTGRES] {
-            let pool = PgPoolOptions::new()
-                .max_connections(BOOKING_POOL)
-                .acquire_timeout(Duration::from_secs(1))
-                .connect(&url)
-                .await?;
-            let pg_locks;
-            let locks: &dyn DistributedLock = if locks_in == REDIS {
-                &redis_locks
-            } else {
-                pg_locks = PgLockOptions::new()
-                    .pool_timeout(Duration::from_secs(1))
-                    .from_pool(pool.clone())
-                    .await?;
-                &pg_locks
-            };
-            let attempts =
-                (0..k).map(|n| locks.try_acquire_owned_name(format!("long:{locks_in}:{k}:{n}")));
-            let outcomes = futures::future::join_all(attempts).await;
-            let mut guards = Vec::new();
-            let mut lock_error = None;
-            for outcome in outcomes {
-                match outcome {
-                    Ok(Some(guard)) => guards.push(guard),
-                    Ok(None) => anyhow::bail!("a long-held lock was already held"),
-                    Err(e) => {
-                        lock_error.get_or_insert(e.to_string());
-                    }
-                }
-            }
-            let w = booking::run(&pool, BOOKING_CLIENTS, TICKETS, plan.booking_time).await;
-            let r = BookingResult {
-                locks_in: locks_in.to_owned(),
-                requested: k,
-                held: guards.len(),
-                tps: w.tps,
-                latency: w.latency,
-                errors: w.errors,
-                first_error: w.first_error,
-                lock_error,
-            };
-            println!(
-                "{:>4} {:<11} {:>5} {:>11.0} {:>10} {:>10} {:>7}  {}",
-                k,
-                locks_in,
-                r.held,
-                r.tps,
-                report::micros(r.latency.p50_us),
-                report::micros(r.latency.p99_us),
-                r.errors,
-                r.first_error
-                    .as_deref()
-                    .or(r.lock_error.as_deref())
-                    .unwrap_or("")
-            );
-            for guard in guards {
-                guard.release().await?;
-            }
-            pool.close().await;
-            results.booking.push(r);
-        }
-    }
-    Ok(())
-}
-
-/// `try_acquire` with an owned name, for `join_all`.
-trait TryOwned {
-    fn try_acquire_owned_name(
-        &self,
-        name: String,
-    ) -> impl Future<Output = Result<Option<distlock::LockGuard>, distlock::LockError>>;
-}
-
-impl TryOwned for dyn DistributedLock + '_ {
-    async fn try_acquire_owned_name(
-        &self,
-        name: String,
-    ) -> Result<Option<distlock::LockGuard>, distlock::LockError> {
-        self.try_acquire(&name, Duration::from_secs(3600)).await
-    }
+fn print_hand_off(r: &HandOffResult) {
+    println!("{}", report::hand_off_line(r));
 }
 
 fn write_report(out: &std::path::Path, r: &Results) -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(r)?)?;
-    std::fs::write(out.join("report.md"), report::markdown(r))?;
-
-    report::log_log_chart(
-        &out.join("cycle_throughput.svg"),
-        "Lock cycles per second (acquire + release)",
-        "concurrent tasks",
-        "cycles / s",
-        &report::throughput_series(&r.cycles),
-        SeriesLabelPosition::UpperLeft,
-    )?;
-    report::log_log_chart(
-        &out.join("topology_throughput.svg"),
-        "distlock cycles/s: one server, Redlock, Redis Cluster (servers on one CPU)",
-        "concurrent tasks",
-        "cycles / s",
-        &report::throughput_series(&r.topologies),
-        SeriesLabelPosition::UpperLeft,
-    )?;
-
-    let mut series: Vec<report::Series> = Vec::new();
-    for backend in [REDIS, POSTGRES] {
-        for (what, pick) in [("p50", 0), ("p99", 1)] {
-            let points = r
-                .hand_offs
-                .iter()
-                .filter(|h| h.backend == backend)
-                .map(|h| {
-                    (
-                        h.waiters as f64,
-                        if pick == 0 {
-                            h.gap.p50_us
-                        } else {
-                            h.gap.p99_us
-                        },
-                    )
-                })
-                .filter(|p| p.1 > 0.0)
-                .collect();
-            series.push((format!("{backend} {what}"), points));
-        }
-    }
-    report::log_log_chart(
-        &out.join("hand_off.svg"),
-        "Hand-off: release → next waiter's acquire",
-        "waiters on one name",
-        "µs",
-        &series,
-        SeriesLabelPosition::UpperLeft,
-    )?;
-
-    let mut series: Vec<report::Series> = Vec::new();
-    for backend in [REDIS, POSTGRES] {
-        let mut points: Vec<(f64, f64)> = r
-            .holds
-            .iter()
-            .filter(|h| h.backend == backend && h.held > 0)
-            .map(|h| (h.held as f64, h.memory_bytes as f64 / 1024.0 / 1024.0))
-            .collect();
-        for c in r.capacity.iter().filter(|c| c.backend == backend) {
-            if let Some(b) = c.bytes_per_lock {
-                points.push((c.held as f64, b * c.held as f64 / 1024.0 / 1024.0));
-            }
-        }
-        points.retain(|p| p.1 > 0.0);
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if backend == POSTGRES {
-            let private = r
-                .holds
-                .iter()
-                .filter(|h| h.backend == backend && h.held > 0)
-                .filter_map(|h| Some((h.held as f64, h.private_bytes? as f64 / 1024.0 / 1024.0)))
-                .filter(|p| p.1 > 0.0)
-                .collect();
-            series.push(("PostgreSQL (backends' private memory)".to_owned(), private));
-        }
-        let label = if backend == POSTGRES {
-            "PostgreSQL (backends' RSS; ends at its limit)"
-        } else {
-            "Redis (used_memory)"
-        };
-        series.push((label.to_owned(), points));
-    }
-    report::log_log_chart(
-        &out.join("hold_cost.svg"),
-        "Server memory for K locks held at once",
-        "locks held",
-        "MiB",
-        &series,
-        SeriesLabelPosition::LowerRight,
-    )?;
-
-    let mut series: Vec<report::Series> = Vec::new();
-    for backend in [REDIS, POSTGRES] {
-        let points = r
-            .booking
-            .iter()
-            .filter(|b| b.locks_in == backend)
-            .map(|b| (b.requested as f64, b.tps))
-            .collect();
-        series.push((format!("K locks in {backend}"), points));
-    }
-    report::linear_chart(
-        &out.join("booking.svg"),
-        "Booking transactions/s on PostgreSQL while K locks are held",
-        "K long-held locks",
-        "bookings / s",
-        &series,
-        SeriesLabelPosition::LowerLeft,
-    )?;
-    Ok(())
+    std::fs::write(out.join("report.md"), markdown::markdown(r))?;
+    charts::write_all(out, r)
 }
 
 fn pg_version() -> String {

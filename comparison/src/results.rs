@@ -15,8 +15,9 @@ pub struct Latency {
     pub max_us: f64,
 }
 
-/// One lock-cycle (acquire + release) run.
-#[derive(Debug, Clone, Serialize)]
+/// One lock-cycle (acquire + release) row: one run, or the median of
+/// several rounds (see [`CycleResult::median_of`]).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CycleResult {
     /// `raw redis-rs`, `distlock`, `rslock`, ...
     pub implementation: String,
@@ -24,10 +25,57 @@ pub struct CycleResult {
     pub backend: String,
     /// Concurrent tasks, each on a name of its own.
     pub tasks: usize,
-    /// Cycles completed per second in the measured window.
+    /// Cycles completed per second in the measured window (over rounds:
+    /// the median round's).
     pub ops_per_sec: f64,
-    /// Latency of one cycle.
+    /// The lowest cycles/s of the rounds (one round: `ops_per_sec`).
+    pub ops_per_sec_min: f64,
+    /// The highest cycles/s of the rounds (one round: `ops_per_sec`).
+    pub ops_per_sec_max: f64,
+    /// Every round's cycles/s, in the order the rounds ran.
+    pub ops_per_sec_rounds: Vec<f64>,
+    /// This process's CPU time per cycle, µs (`/proc/self/stat` delta over
+    /// the measured window; over rounds: the median).
+    pub client_cpu_us: f64,
+    /// The server's CPU time per cycle, µs (Redis: the redis-server
+    /// process; PostgreSQL: the postmaster and its backends); `None` where
+    /// not measured (several servers).
+    pub server_cpu_us: Option<f64>,
+    /// Latency of one cycle (over rounds: the median round's).
     pub latency: Latency,
+}
+
+impl CycleResult {
+    /// One row from the rounds of one implementation at one task count:
+    /// the median cycles/s with the min–max, the median CPU figures, and
+    /// the latency of the median round. `None` for no rounds.
+    pub fn median_of(rounds: &[CycleResult]) -> Option<CycleResult> {
+        let mut by_ops: Vec<&CycleResult> = rounds.iter().collect();
+        by_ops.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+        // The lower median for an even count: a real round, not an average.
+        let middle = *by_ops.get((by_ops.len().checked_sub(1)?) / 2)?;
+        let client: Vec<f64> = rounds.iter().map(|r| r.client_cpu_us).collect();
+        let server: Vec<f64> = rounds.iter().filter_map(|r| r.server_cpu_us).collect();
+        Some(CycleResult {
+            ops_per_sec_min: by_ops.first().map_or(0.0, |r| r.ops_per_sec),
+            ops_per_sec_max: by_ops.last().map_or(0.0, |r| r.ops_per_sec),
+            ops_per_sec_rounds: rounds.iter().map(|r| r.ops_per_sec).collect(),
+            client_cpu_us: median(client).unwrap_or(0.0),
+            server_cpu_us: median(server),
+            ..middle.clone()
+        })
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 /// One hand-off run: release → next waiter's acquire on one name.
@@ -35,7 +83,12 @@ pub struct CycleResult {
 pub struct HandOffResult {
     /// `Redis` or `PostgreSQL`.
     pub backend: String,
-    /// Waiters on the one name, each its own client.
+    /// `distlock` (each waiter its own client), `distlock, 1 shared
+    /// client` (the waiters are tasks sharing one client), or
+    /// `pg_advisory_lock` (each waiter its own session, blocked in the
+    /// server's own wait).
+    pub implementation: String,
+    /// Waiters on the one name.
     pub waiters: usize,
     /// How long each holder kept the lock.
     pub hold_ms: f64,
@@ -155,7 +208,15 @@ pub struct Results {
     pub pinned: bool,
     /// 1-minute load average before the run (other work on the machine).
     pub load_before: String,
-    /// Section 1 and 5.
+    /// The sections that ran (all, unless `--only` named some).
+    pub sections: Vec<String>,
+    /// Rounds of the lock-cycle section: every implementation ran once per
+    /// task count in each round, interleaved.
+    pub rounds: usize,
+    /// Measured seconds per lock-cycle run (after its warm-up).
+    pub cycle_secs: f64,
+    /// Section 1 and 5: one row per implementation and task count, the
+    /// median of the rounds.
     pub cycles: Vec<CycleResult>,
     /// Peers that are not in the run, and why.
     pub peers_left_out: Vec<String>,

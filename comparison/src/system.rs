@@ -76,3 +76,12 @@ pub fn version_of(program: &str) -> String {
         .map(|s| s.lines().next().unwrap_or_default().trim().to_owned())
         .unwrap_or_else(|| format!("{program}: unknown"))
 }
+
+/// Pins the server process `pid` to CPU 0, where the run keeps its
+/// servers, when the run pins at all (`pinned`).
+pub fn pin_server(pid: Option<u32>, pinned: bool) -> anyhow::Result<()> {
+    if let (Some(pid), true) = (pid, pinned) {
+        distlock_testkit::pin_process(pid, 0)?;
+    }
+    Ok(())
+}

@@ -145,10 +145,10 @@ fn main() -> anyhow::Result<()> {
             for ((cycler, pid), row) in cyclers.iter().zip(rows.iter_mut()) {
                 let warm = Duration::from_millis(300);
                 // Warm-up run, then the measured one with CPU readings around it.
-                measure::cycles(Arc::clone(cycler), tasks, Duration::ZERO, warm).await?;
+                measure::cycles(Arc::clone(cycler), tasks, Duration::ZERO, warm, None).await?;
                 let cpu = CpuSample::start(Some(*pid));
                 let allocs = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
-                let r = measure::cycles(Arc::clone(cycler), tasks, Duration::ZERO, Duration::from_secs_f64(secs)).await?;
+                let r = measure::cycles(Arc::clone(cycler), tasks, Duration::ZERO, Duration::from_secs_f64(secs), None).await?;
                 let per = cpu.per_op(r.latency.samples as u64);
                 let allocs = (ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocs) as f64
                     / r.latency.samples.max(1) as f64;

@@ -110,6 +110,24 @@ impl WakeHub {
         self.len() == 0
     }
 
+    /// True when at least one waiter is registered for `name`.
+    ///
+    /// ```
+    /// use distlock_api::backend::WakeHub;
+    ///
+    /// let hub = WakeHub::new();
+    /// let wakeup = hub.subscribe("ticket:42");
+    /// assert!(hub.is_waiting("ticket:42"));
+    /// drop(wakeup);
+    /// assert!(!hub.is_waiting("ticket:42"));
+    /// ```
+    pub fn is_waiting(&self, name: &str) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(name)
+    }
+
     /// Whether `slot` is at the head of `name`'s queue.
     fn is_first(&self, name: &str, slot: &Arc<Slot>) -> bool {
         let waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);

@@ -12,8 +12,9 @@ use crate::WaitStrategy;
 use crate::error::{
     from_sqlx, pooled_session, pooler_statement_error, query_timed_out, session_gone,
 };
+use crate::interest::interest_key;
 use crate::key::pg_locks_halves;
-use crate::pool::Pinned;
+use crate::pool::{KEEP_SETTINGS_FROM, Pinned, Settings};
 use crate::shared::{Core, ttl_millis};
 use crate::sql::EXTEND;
 
@@ -24,8 +25,8 @@ use crate::sql::EXTEND;
 /// fails in a way that leaves the session in doubt closes the connection —
 /// which frees the lock — rather than guessing; dropping the lease without a
 /// release does the same. Only a connection whose unlock answered `true`
-/// (and whose `idle_session_timeout` was reset in the same statement) goes
-/// back to the pool.
+/// goes back to the pool (on the client's own pool keeping a TTL of 10 s
+/// or more as its session's setting, so the next lock need not write it).
 pub struct PgLease {
     core: Arc<Core>,
     key: i64,
@@ -179,6 +180,9 @@ impl Lease for PgLease {
             }
             State::Gone | State::Extending(_) => return Err(LockError::Lost),
         };
+        // The session's TTL is the extend's from now on, or in doubt: the
+        // release then restores the defaults.
+        conn.settings().ttl = None;
         let (high, low) = pg_locks_halves(self.key);
         let query = sqlx::query_scalar::<_, Option<bool>>(EXTEND)
             .bind(high)
@@ -197,9 +201,10 @@ impl Lease for PgLease {
         self.finish_extend().await
     }
 
-    /// `pg_advisory_unlock` on the holding connection, resetting its
-    /// `idle_session_timeout` (and, with [`WaitStrategy::Notify`], announcing
-    /// the release) in the same statement.
+    /// `pg_advisory_unlock` on the holding connection, in the same
+    /// statement resetting its session settings where they are not kept,
+    /// and — with [`WaitStrategy::Notify`], when some client waits for the
+    /// key — announcing the release.
     ///
     /// # Cancel safety
     ///
@@ -223,25 +228,30 @@ impl Lease for PgLease {
         };
         let core = Arc::clone(&self.core);
         let timeout = core.query_timeout;
-        let outcome = match core.strategy {
-            WaitStrategy::Notify => {
-                let query =
-                    sqlx::query_scalar::<_, Option<bool>>(core.statements.release_notify.clone())
-                        .bind(self.key)
-                        .bind(&core.default_idle_timeout)
-                        .bind(&core.channel)
-                        .bind(self.backend_pid);
-                tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await
-            }
-            WaitStrategy::Poll => {
-                let query =
-                    sqlx::query_scalar::<_, Option<bool>>(core.statements.release_plain.clone())
-                        .bind(self.key)
-                        .bind(&core.default_idle_timeout)
-                        .bind(self.backend_pid);
-                tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await
-            }
+        // On our own pool a session keeps a long TTL's settings (the pool
+        // closes it before they could end it idle); otherwise the defaults
+        // come back.
+        let keep = core.pool.keeps_settings()
+            && conn
+                .settings()
+                .ttl
+                .is_some_and(|ttl| ttl >= KEEP_SETTINGS_FROM);
+        let channel = match core.strategy {
+            WaitStrategy::Notify => Some(core.channel.as_str()),
+            WaitStrategy::Poll => None,
         };
+        let (high, low) = interest_key(self.key);
+        let query = sqlx::query_scalar::<_, Option<bool>>(core.statements.release.clone())
+            .bind(self.key)
+            .bind((!keep).then_some(core.default_idle_timeout.as_str()))
+            .bind(self.backend_pid)
+            .bind(channel)
+            .bind(high)
+            .bind(low);
+        let outcome = tokio::time::timeout(timeout, query.fetch_one(conn.raw())).await;
+        if !keep {
+            *conn.settings() = Settings::default();
+        }
         match outcome {
             Ok(Ok(None)) => {
                 drop(conn);

@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::error::from_sqlx;
+use crate::interest::Interest;
 use crate::lease::PgLease;
 use crate::pool::{AcquireError, ConnPool, check_session_affinity};
 use crate::shared::{Core, MAX_TTL};
@@ -109,17 +110,28 @@ impl PgAdvisoryLock {
         };
         let server = check_server(&pool, &options, &listen_options).await?;
         let hub = WakeHub::new();
-        let listener = (options.wait_strategy == WaitStrategy::Notify).then(|| {
-            // Its own application name, so operators (and tests) can tell
-            // the one listening session from the lock sessions.
-            let app = listen_options
-                .get_application_name()
-                .unwrap_or("distlock")
-                .to_owned();
+        let notify = options.wait_strategy == WaitStrategy::Notify;
+        // Their own application names, so operators (and tests) can tell
+        // the listening and the interest sessions from the lock sessions.
+        let app = listen_options
+            .get_application_name()
+            .unwrap_or("distlock")
+            .to_owned();
+        let listener = notify.then(|| {
             crate::listener::listener(
-                listen_options.application_name(&format!("{app}-listener")),
+                listen_options
+                    .clone()
+                    .application_name(&format!("{app}-listener")),
                 options.connect_timeout,
                 options.notify_channel.clone(),
+                hub.clone(),
+            )
+        });
+        let interest = notify.then(|| {
+            Interest::new(
+                listen_options.application_name(&format!("{app}-interest")),
+                options.connect_timeout,
+                options.query_timeout,
                 hub.clone(),
             )
         });
@@ -145,6 +157,7 @@ impl PgAdvisoryLock {
             default_idle_timeout: server.default_idle_timeout,
             hub,
             listener,
+            interest,
             target,
         });
         Ok(PgAdvisoryLock { core })
@@ -501,6 +514,66 @@ mod tests {
         };
         assert_eq!(show(pooled.raw()).await, ("0".to_owned(), "0".to_owned()));
         pooled.recycle();
+    }
+
+    /// On the client's own pool a connection released from a long TTL keeps
+    /// its session settings and its marker, so the next lock with that TTL
+    /// writes none; a short TTL's release restores the defaults.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_ttl_and_the_marker_stay_on_the_pooled_session() {
+        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
+            .await
+            .expect("task")
+            .expect("a database");
+        let locks = PgLockOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        let core = Arc::clone(locks.core());
+        async fn show(conn: &mut sqlx::PgConnection) -> (String, String, String) {
+            sqlx::query_as(
+                "SELECT current_setting('tcp_user_timeout'), \
+                        current_setting('idle_session_timeout'), \
+                        COALESCE(current_setting('distlock.held_key', true), '')",
+            )
+            .fetch_one(conn)
+            .await
+            .expect("show")
+        }
+        let key = core.key("kept-settings");
+        let mut markers = Vec::new();
+        for ttl in [30, 30, 8] {
+            let ttl = Duration::from_secs(ttl);
+            let Attempt::Acquired { mut lease, .. } = core
+                .try_lock(key, ttl, &AttemptContext::once())
+                .await
+                .expect("attempt")
+            else {
+                panic!("the key is free");
+            };
+            lease.release().await.expect("ours");
+            let until = Instant::now().checked_add(Duration::from_secs(5));
+            let Ok(mut pooled) = core.pool.acquire(until).await else {
+                panic!("the pooled connection");
+            };
+            let (user_timeout, idle_timeout, marker) = show(pooled.raw()).await;
+            if ttl >= crate::pool::KEEP_SETTINGS_FROM {
+                assert_eq!((user_timeout, idle_timeout), ("30000".into(), "30s".into()));
+                assert!(!marker.is_empty());
+                assert_eq!(pooled.settings.ttl, Some(ttl));
+                assert_eq!(pooled.settings.marker, marker);
+            } else {
+                assert_eq!((user_timeout, idle_timeout), ("0".into(), "0".into()));
+                assert_eq!(marker, "");
+                assert_eq!(pooled.settings.ttl, None);
+            }
+            markers.push(marker);
+            pooled.recycle();
+        }
+        // The connection kept its own marker across locks.
+        assert_eq!(markers[0], markers[1]);
+        assert_eq!(locks.idle_connections(), 1);
     }
 
     #[test]

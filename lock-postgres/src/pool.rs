@@ -51,6 +51,34 @@ struct IdleConn {
     conn: PgConnection,
     since: Instant,
     backend_pid: Option<i32>,
+    settings: Settings,
+}
+
+/// The TTL at and above which a released connection of our own pool keeps
+/// its session settings: the pool then closes it once idle for half its
+/// TTL (at least 5 s), which a busy client rarely reaches. Below, a
+/// release restores the defaults, so short TTLs cost no reconnects.
+pub(crate) const KEEP_SETTINGS_FROM: Duration = Duration::from_secs(10);
+
+/// What a lock connection's server session has been set to by our
+/// statements, so that a statement writes a setting only when it changes
+/// (see [`crate::sql::Statements`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    /// The TTL its `idle_session_timeout` and `tcp_user_timeout` are set
+    /// to (`None`: the defaults, or not known for sure).
+    pub(crate) ttl: Option<Duration>,
+    /// The `distlock.held_key` marker the session has (empty: none).
+    pub(crate) marker: String,
+}
+
+impl Settings {
+    /// Whether an idle connection must be closed rather than used: the
+    /// server ends a session idle for its `idle_session_timeout`, and half
+    /// of it leaves room for the time the answers took to arrive.
+    fn expired(&self, idle: Duration) -> bool {
+        self.ttl.is_some_and(|ttl| idle >= ttl / 2)
+    }
 }
 
 /// Why no connection could be had.
@@ -91,6 +119,13 @@ impl ConnPool {
     }
 
     /// The pool's size.
+    /// Whether released connections may keep their session settings: only
+    /// in our own pool (an application's pool gets its connections back as
+    /// they were).
+    pub(crate) fn keeps_settings(&self) -> bool {
+        matches!(self.kind, Kind::Own(_))
+    }
+
     pub(crate) fn max_connections(&self) -> u32 {
         match &self.kind {
             Kind::Own(own) => own.max,
@@ -146,9 +181,10 @@ impl ConnPool {
                         return Err(AcquireError::Exhausted(self.exhausted()));
                     }
                 };
-                if let Some((conn, backend_pid)) = own.pop_idle() {
-                    let mut conn = self.wrap(Inner::Own(conn, permit), true);
-                    conn.backend_pid = backend_pid;
+                if let Some(idle) = own.pop_idle() {
+                    let mut conn = self.wrap(Inner::Own(idle.conn, permit), true);
+                    conn.backend_pid = idle.backend_pid;
+                    conn.settings = idle.settings;
                     return Ok(conn);
                 }
                 let connect = own.options.connect();
@@ -199,6 +235,7 @@ impl ConnPool {
             inner: Some(inner),
             reused,
             backend_pid: None,
+            settings: Settings::default(),
             pool: Arc::clone(self),
         }
     }
@@ -209,8 +246,9 @@ impl OwnPool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection; drops those idle too long.
-    fn pop_idle(&self) -> Option<(PgConnection, Option<i32>)> {
+    /// The most recently used idle connection; drops those idle too long
+    /// (for the pool, or for the TTL their session kept).
+    fn pop_idle(&self) -> Option<IdleConn> {
         let mut idle = self.lock_idle();
         if let Some(limit) = self.idle_timeout {
             while idle.front().is_some_and(|c| c.since.elapsed() > limit) {
@@ -218,14 +256,20 @@ impl OwnPool {
                 idle.pop_front();
             }
         }
-        idle.pop_back().map(|c| (c.conn, c.backend_pid))
+        while let Some(conn) = idle.pop_back() {
+            if !conn.settings.expired(conn.since.elapsed()) {
+                return Some(conn);
+            }
+        }
+        None
     }
 
-    fn push_idle(&self, conn: PgConnection, backend_pid: Option<i32>) {
+    fn push_idle(&self, conn: PgConnection, backend_pid: Option<i32>, settings: Settings) {
         self.lock_idle().push_back(IdleConn {
             conn,
             since: Instant::now(),
             backend_pid,
+            settings,
         });
     }
 }
@@ -246,6 +290,8 @@ pub(crate) struct Conn {
     /// it (own pool only: it stays with the idle connection). A later
     /// statement on another pid means a pooler moved the connection.
     pub(crate) backend_pid: Option<i32>,
+    /// What our statements set its session to.
+    pub(crate) settings: Settings,
     pool: Arc<ConnPool>,
 }
 
@@ -264,7 +310,7 @@ impl Conn {
         match self.inner.take() {
             Some(Inner::Own(conn, permit)) => {
                 if let Kind::Own(own) = &self.pool.kind {
-                    own.push_idle(conn, self.backend_pid);
+                    own.push_idle(conn, self.backend_pid, std::mem::take(&mut self.settings));
                 }
                 // After the push, so a waiter woken by the permit finds the connection.
                 drop(permit);
@@ -310,6 +356,11 @@ pub(crate) struct Pinned {
 impl Pinned {
     pub(crate) fn raw(&mut self) -> &mut PgConnection {
         self.conn.raw()
+    }
+
+    /// What our statements set its session to.
+    pub(crate) fn settings(&mut self) -> &mut Settings {
+        &mut self.conn.settings
     }
 
     /// The lock is gone and the connection clean again: back to the pool.
@@ -417,4 +468,24 @@ async fn session_row(
     let pid = row.try_get(0).map_err(from_sqlx)?;
     let setting = row.try_get(1).map_err(from_sqlx)?;
     Ok((pid, setting))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept TTL's session is closed before the server's
+    /// `idle_session_timeout` could end it under the pool: at half the TTL.
+    #[test]
+    fn a_session_idle_for_half_its_ttl_is_not_reused() {
+        let kept = Settings {
+            ttl: Some(Duration::from_secs(30)),
+            marker: "c1".into(),
+        };
+        assert!(!kept.expired(Duration::from_secs(14)));
+        assert!(kept.expired(Duration::from_secs(15)));
+        assert!(kept.expired(Duration::from_secs(29)));
+        let defaults = Settings::default();
+        assert!(!defaults.expired(Duration::from_secs(3600)));
+    }
 }

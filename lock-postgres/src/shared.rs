@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::error::{
     from_sqlx, pooled_session, pooler_statement_error, query_timed_out, session_gone, sqlstate,
 };
+use crate::interest::Interest;
 use crate::lease::PgLease;
 use crate::pool::{AcquireError, ConnPool};
 use crate::sequence::{Fell, TokenFloor};
@@ -56,6 +57,8 @@ pub(crate) struct Core {
     pub(crate) target: String,
     /// Stops its task when the last handle goes.
     pub(crate) listener: Option<Listener>,
+    /// Tells releasers that this client's waiters wait (with the listener).
+    pub(crate) interest: Option<Interest>,
 }
 
 impl Core {
@@ -85,13 +88,29 @@ impl Core {
         // A stale idle connection (the server restarted or ended the session)
         // fails its first statement; try the next one, then a new one.
         let mut tries_left = self.pool.max_connections() as usize + 1;
+        let mut interest_checked = false;
         loop {
-            tries_left -= 1;
+            tries_left = tries_left.saturating_sub(1);
             let mut conn = self.connection(until).await?;
+            // Settings are written only when they change (see Statements).
+            let set_ttl = (conn.settings.ttl != Some(ttl)).then_some(ttl_ms.as_str());
+            let marker = if self.pool.keeps_settings() {
+                // A value of this connection's own, kept with it.
+                if conn.settings.marker.is_empty() {
+                    format!("c{:x}-{:016x}", std::process::id(), rand::random::<u64>())
+                } else {
+                    conn.settings.marker.clone()
+                }
+            } else {
+                key.to_string()
+            };
+            let expected = conn.settings.marker.clone();
             let query = sqlx::query_as::<_, (Option<i64>, i32)>(self.statements.acquire.clone())
                 .bind(key)
-                .bind(&ttl_ms)
-                .bind(i64::from(conn.backend_pid.unwrap_or(0)));
+                .bind(set_ttl)
+                .bind(i64::from(conn.backend_pid.unwrap_or(0)))
+                .bind(expected)
+                .bind(marker.as_str());
             let floor = self.token_floor.before_draw();
             let (bound, by_deadline) = ctx.bound(self.query_timeout);
             let outcome = tokio::time::timeout_at(bound, query.fetch_one(conn.raw())).await;
@@ -102,7 +121,7 @@ impl Core {
                     false,
                 )),
                 Ok(Ok((Some(SESSION_SHARED), _))) => Err(pooled_session(
-                    "a fresh lock connection's session already holds a lock",
+                    "the session under a lock connection carries another connection's lock marker",
                     false,
                 )),
                 Ok(Ok((Some(fence), pid))) => {
@@ -115,6 +134,10 @@ impl Core {
                         }
                     };
                     conn.backend_pid = Some(pid);
+                    if set_ttl.is_some() {
+                        conn.settings.ttl = Some(ttl);
+                        conn.settings.marker = marker;
+                    }
                     Ok(Attempt::Acquired {
                         lease: PgLease::new(Arc::clone(self), key, pid, conn.pin()),
                         fencing_token,
@@ -123,6 +146,26 @@ impl Core {
                 Ok(Ok((None, pid))) => {
                     conn.backend_pid = Some(pid);
                     conn.recycle();
+                    // A waiter tells releasers that it waits, then tries
+                    // once more: the holder may have released meanwhile.
+                    if let Some(interest) = &self.interest
+                        && ctx.will_wait()
+                        && !interest_checked
+                    {
+                        interest_checked = true;
+                        let (bound, _) = ctx.bound(self.query_timeout);
+                        match tokio::time::timeout_at(bound, interest.ensure(key)).await {
+                            Ok(Ok(true)) => continue,
+                            Ok(Ok(false)) => {}
+                            Ok(Err(err)) => tracing::debug!(
+                                error = %err,
+                                "interest not registered; waiting on the backoff schedule"
+                            ),
+                            Err(_) => tracing::debug!(
+                                "interest not registered in time; waiting on the backoff schedule"
+                            ),
+                        }
+                    }
                     Ok(Attempt::Held { retry_after: None })
                 }
                 Ok(Err(err)) if pooler_statement_error(&err) => Err(pooled_session(

@@ -155,3 +155,124 @@ async fn polling_needs_no_listener() {
             .expect("query");
     assert_eq!(listeners, 0, "a polling client opened a listener");
 }
+
+/// Shared advisory locks in the two-`int4` key space (PostgreSQL's
+/// `objsubid = 2`) on `key`'s halves: a waiting client's interest.
+async fn interest_in(observer: &mut sqlx::PgConnection, key: i64) -> i64 {
+    let bits = key as u64;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+           AND mode = 'ShareLock' AND granted AND classid::int8 = $1 AND objid::int8 = $2",
+    )
+    .bind((bits >> 32) as i64)
+    .bind((bits & 0xffff_ffff) as i64)
+    .fetch_one(observer)
+    .await
+    .expect("pg_locks")
+}
+
+/// The payloads of the notifications on `listener` before `sentinel`,
+/// which the caller has sent after everything it wants to see: the
+/// notifications of earlier commits arrive before it.
+async fn notifications_before(
+    listener: &mut sqlx::postgres::PgListener,
+    observer: &mut sqlx::PgConnection,
+    channel: &str,
+    sentinel: &str,
+) -> Vec<String> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(sentinel)
+        .execute(observer)
+        .await
+        .expect("notify");
+    let mut seen = Vec::new();
+    loop {
+        let notification = within(PROMPT, "the sentinel notification", listener.recv())
+            .await
+            .expect("recv");
+        if notification.payload() == sentinel {
+            return seen;
+        }
+        seen.push(notification.payload().to_owned());
+    }
+}
+
+/// A release announces itself with `NOTIFY` only when some client waits for
+/// the key: not after `try_acquire`, not after an uncontended `acquire`,
+/// and not once the waiter has gone — but at once when one waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_notifies_only_when_someone_waits() {
+    let url = database_url().await;
+    let channel = format!("quiet_{:x}", rand::random::<u32>());
+    let options = || PgLockOptions::new().notify_channel(&channel);
+    let holder = client(&url, &app_name("quiet-holder"), options()).await;
+    let app = app_name("quiet-waiter");
+    let waiting = client(&url, &app, options().backoff(SLOW)).await;
+    let name = common::name("quiet");
+    let key = holder.key(&name);
+    let mut outside = observer(&url).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&url)
+        .await
+        .expect("listener");
+    listener.listen(&channel).await.expect("listen");
+
+    // Nobody waits: no NOTIFY.
+    let guard = holder
+        .try_acquire(&name, TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("ours");
+    let guard = holder
+        .acquire(&name, TTL, Duration::from_secs(5))
+        .await
+        .expect("free");
+    guard.release().await.expect("ours");
+    let seen = notifications_before(&mut listener, &mut outside, &channel, "s1").await;
+    assert!(
+        seen.is_empty(),
+        "releases nobody waited for notified: {seen:?}"
+    );
+    assert_eq!(interest_in(&mut outside, key).await, 0);
+
+    // A waiter in another client: its interest is on the server before it
+    // sleeps, and the release notifies (the 60 s backoff rules out polling).
+    let guard = holder
+        .acquire(&name, TTL, Duration::ZERO)
+        .await
+        .expect("free");
+    let task = waiter(&waiting, &name).await;
+    common::eventually(Duration::from_secs(5), "the waiter's interest", || async {
+        interest_in(&mut observer(&url).await, key).await == 1
+    })
+    .await;
+    guard.release().await.expect("ours");
+    let (next, _) = within(PROMPT, "the woken waiter", task)
+        .await
+        .expect("task")
+        .expect("acquire");
+    next.release().await.expect("ours");
+    let seen = notifications_before(&mut listener, &mut outside, &channel, "s2").await;
+    assert!(
+        seen.contains(&key.to_string()),
+        "the release the waiter waited for did not notify: {seen:?}"
+    );
+
+    // The waiter has gone: its interest goes too, and releases are quiet again.
+    common::eventually(Duration::from_secs(5), "interest given up", || async {
+        interest_in(&mut observer(&url).await, key).await == 0
+    })
+    .await;
+    let guard = holder
+        .try_acquire(&name, TTL)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("ours");
+    let seen = notifications_before(&mut listener, &mut outside, &channel, "s3").await;
+    assert!(
+        seen.is_empty(),
+        "a release after the waiter left notified: {seen:?}"
+    );
+}

@@ -304,8 +304,8 @@ async fn postgres() {
             8000,
         )
         .await;
-        // The listener, if any, is one more session.
-        let max_sessions = i64::from(POOL) + i64::from(strategy == WaitStrategy::Notify);
+        // The listener and the interest session, if any, are two more.
+        let max_sessions = i64::from(POOL) + 2 * i64::from(strategy == WaitStrategy::Notify);
         settled(SETTLE, "postgres locks and sessions", || {
             let (url, app) = (url.clone(), app.clone());
             let (held, idle) = (locks.held_locks(), locks.idle_connections());

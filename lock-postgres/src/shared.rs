@@ -2,6 +2,7 @@
 //! shares: the pool, the statements, the fencing sequence, the wake-ups.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use distlock_api::LockError;
@@ -28,6 +29,37 @@ pub(crate) fn ttl_millis(ttl: Duration) -> String {
     distlock_api::backend::ttl_millis(ttl)
         .min(i32::MAX as u64)
         .to_string()
+}
+
+/// SQLSTATE of a lock wait that ran into `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// SQLSTATE of a lock wait PostgreSQL ended to break a deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
+/// How much the server's end of a blocking wait is apart from the client's.
+const LOCK_TIMEOUT_MARGIN: Duration = Duration::from_millis(10);
+
+/// Leave to wait in the server's lock queue (`pg_advisory_lock`), which
+/// pins a pooled connection for the wait: a client lets at most half its
+/// pool (at least one connection) wait so, and further waiters wait for
+/// `NOTIFY` wake-ups, holding no connection. Dropped when the attempt ends.
+pub(crate) struct BlockingSlot<'a>(&'a AtomicU32);
+
+impl<'a> BlockingSlot<'a> {
+    fn take(core: &'a Core) -> Option<Self> {
+        let limit = (core.pool.max_connections() / 2).max(1);
+        core.blocking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BlockingSlot(&core.blocking))
+    }
+}
+
+impl Drop for BlockingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Shared by all clones of a `PgAdvisoryLock` and by the leases it grants.
@@ -59,6 +91,8 @@ pub(crate) struct Core {
     pub(crate) listener: Option<Listener>,
     /// Tells releasers that this client's waiters wait (with the listener).
     pub(crate) interest: Option<Interest>,
+    /// Attempts waiting in the server's lock queue now ([`BlockingSlot`]).
+    pub(crate) blocking: AtomicU32,
 }
 
 impl Core {
@@ -105,15 +139,44 @@ impl Core {
                 key.to_string()
             };
             let expected = conn.settings.marker.clone();
-            let query = sqlx::query_as::<_, (Option<i64>, i32)>(self.statements.acquire.clone())
+            let (bound, by_deadline) = ctx.bound(self.query_timeout);
+            // A waiter waits in the server's lock queue, if a connection
+            // can be spared for it (see `BlockingSlot`).
+            let blocking = if ctx.will_wait() && self.strategy == WaitStrategy::Queue {
+                BlockingSlot::take(self)
+            } else {
+                None
+            };
+            let statement = match blocking {
+                Some(_) => self.statements.acquire_wait.clone(),
+                None => self.statements.acquire.clone(),
+            };
+            let query = sqlx::query_as::<_, (Option<i64>, i32)>(statement)
                 .bind(key)
                 .bind(set_ttl)
                 .bind(i64::from(conn.backend_pid.unwrap_or(0)))
                 .bind(expected)
                 .bind(marker.as_str());
+            let query = match blocking {
+                // At the caller's deadline the client cuts the wait (which
+                // closes the connection), the server's lock_timeout a little
+                // later being only the backstop. Otherwise the server gives
+                // up a little before the client, and its answer lets the
+                // attempt start over.
+                Some(_) => {
+                    let left = bound.saturating_duration_since(Instant::now());
+                    let server = if by_deadline {
+                        left + LOCK_TIMEOUT_MARGIN
+                    } else {
+                        left.saturating_sub(LOCK_TIMEOUT_MARGIN)
+                    };
+                    query.bind(server.as_millis().max(1).to_string())
+                }
+                None => query,
+            };
             let floor = self.token_floor.before_draw();
-            let (bound, by_deadline) = ctx.bound(self.query_timeout);
             let outcome = tokio::time::timeout_at(bound, query.fetch_one(conn.raw())).await;
+            drop(blocking);
             return match outcome {
                 // `conn` is dropped, so closed: its server session is not ours alone.
                 Ok(Ok((Some(SESSION_CHANGED), _))) => Err(pooled_session(
@@ -166,6 +229,24 @@ impl Core {
                             ),
                         }
                     }
+                    Ok(Attempt::Held { retry_after: None })
+                }
+                // The lock_timeout of a blocking wait ran out. `conn` is
+                // dropped, so closed: a grant racing the timeout goes with it.
+                Ok(Err(err)) if sqlstate(&err).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                    if by_deadline {
+                        Err(LockError::Timeout)
+                    } else {
+                        Ok(Attempt::Held {
+                            retry_after: Some(Duration::ZERO),
+                        })
+                    }
+                }
+                // Two sessions waiting for each other's keys: PostgreSQL
+                // broke the cycle by failing this wait. `conn` is dropped,
+                // so closed; the waiter goes on with backoff.
+                Ok(Err(err)) if sqlstate(&err).as_deref() == Some(DEADLOCK_DETECTED) => {
+                    tracing::debug!(lock.key = key, "blocking wait ended by deadlock detection");
                     Ok(Attempt::Held { retry_after: None })
                 }
                 Ok(Err(err)) if pooler_statement_error(&err) => Err(pooled_session(

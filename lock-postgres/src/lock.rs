@@ -159,6 +159,7 @@ impl PgAdvisoryLock {
             listener,
             interest,
             blocking: Default::default(),
+            queue_off: Default::default(),
             target,
         });
         Ok(PgAdvisoryLock { core })

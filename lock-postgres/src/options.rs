@@ -14,12 +14,16 @@ use crate::PgAdvisoryLock;
 #[non_exhaustive]
 pub enum WaitStrategy {
     /// The server's own lock queue first: a waiter waits in
-    /// `pg_advisory_lock` (under a `lock_timeout` that ends at its
-    /// deadline), so PostgreSQL hands the lock over the moment it is
+    /// `pg_advisory_lock` under a `lock_timeout` (at most a quarter of the
+    /// TTL per statement, then it queues again, so that a grant leaves the
+    /// guard at least three quarters of its validity; never past the
+    /// deadline), and PostgreSQL hands the lock over the moment it is
     /// unlocked, first come first served across clients. That pins a
     /// pooled connection per waiting attempt, so a client lets at most half
     /// its pool (at least one connection) wait so; further waiters wait as
-    /// with [`Notify`](Self::Notify). The default.
+    /// with [`Notify`](Self::Notify), and so does every waiter of a client
+    /// whose queued wait the server cancelled (a `statement_timeout`). The
+    /// default.
     #[default]
     Queue,
     /// `LISTEN`/`NOTIFY`: a release someone waits for sends

@@ -200,9 +200,10 @@ impl Distlock {
     }
 
     /// distlock's PostgreSQL backend with a pool of `connections` and its
-    /// default waiting (`NOTIFY` on every release).
+    /// default waiting (the server's lock queue; `NOTIFY` only for releases
+    /// someone waits for).
     pub async fn postgres(url: &str, connections: u32) -> anyhow::Result<Self> {
-        Self::postgres_with(url, connections, WaitStrategy::Notify, "distlock").await
+        Self::postgres_with(url, connections, WaitStrategy::default(), "distlock").await
     }
 
     /// distlock's PostgreSQL backend waiting by backoff only: no `NOTIFY`

@@ -203,7 +203,7 @@ impl Lease for PgLease {
 
     /// `pg_advisory_unlock` on the holding connection, in the same
     /// statement resetting its session settings where they are not kept,
-    /// and — with [`WaitStrategy::Notify`], when some client waits for the
+    /// and — unless [`WaitStrategy::Poll`], when some client waits for the
     /// key — announcing the release.
     ///
     /// # Cancel safety
@@ -237,8 +237,8 @@ impl Lease for PgLease {
                 .ttl
                 .is_some_and(|ttl| ttl >= KEEP_SETTINGS_FROM);
         let channel = match core.strategy {
-            WaitStrategy::Notify => Some(core.channel.as_str()),
             WaitStrategy::Poll => None,
+            _ => Some(core.channel.as_str()),
         };
         let (high, low) = interest_key(self.key);
         let query = sqlx::query_scalar::<_, Option<bool>>(core.statements.release.clone())

@@ -110,7 +110,7 @@ impl PgAdvisoryLock {
         };
         let server = check_server(&pool, &options, &listen_options).await?;
         let hub = WakeHub::new();
-        let notify = options.wait_strategy == WaitStrategy::Notify;
+        let notify = options.wait_strategy != WaitStrategy::Poll;
         // Their own application names, so operators (and tests) can tell
         // the listening and the interest sessions from the lock sessions.
         let app = listen_options
@@ -158,6 +158,8 @@ impl PgAdvisoryLock {
             hub,
             listener,
             interest,
+            blocking: Default::default(),
+            queue_off: Default::default(),
             target,
         });
         Ok(PgAdvisoryLock { core })

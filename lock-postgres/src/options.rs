@@ -13,12 +13,25 @@ use crate::PgAdvisoryLock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WaitStrategy {
-    /// `LISTEN`/`NOTIFY`: every release sends `pg_notify(channel, key)` in
-    /// its unlock round trip, and one listener connection per
-    /// [`PgAdvisoryLock`] wakes the waiters on that key at once. Backoff
-    /// (see [`PgLockOptions::backoff`]) remains as the fallback for missed
-    /// notifications. The default.
+    /// The server's own lock queue first: a waiter waits in
+    /// `pg_advisory_lock` under a `lock_timeout` (at most a quarter of the
+    /// TTL per statement, then it queues again, so that a grant leaves the
+    /// guard at least three quarters of its validity; never past the
+    /// deadline), and PostgreSQL hands the lock over the moment it is
+    /// unlocked, first come first served across clients. That pins a
+    /// pooled connection per waiting attempt, so a client lets at most half
+    /// its pool (at least one connection) wait so; further waiters wait as
+    /// with [`Notify`](Self::Notify), and so does every waiter of a client
+    /// whose queued wait the server cancelled (a `statement_timeout`). The
+    /// default.
     #[default]
+    Queue,
+    /// `LISTEN`/`NOTIFY`: a release someone waits for sends
+    /// `pg_notify(channel, key)` in its unlock round trip, and one listener
+    /// connection per [`PgAdvisoryLock`] wakes the waiters on that key at
+    /// once; waiters hold no lock connection while they wait. Backoff (see
+    /// [`PgLockOptions::backoff`]) remains as the fallback for missed
+    /// notifications.
     Notify,
     /// Retry with jittered exponential backoff only: no listener connection,
     /// no `NOTIFY` on release. Hand-off takes longer (see the crate docs).
@@ -125,7 +138,7 @@ impl Default for PgLockOptions {
             key_namespace: String::new(),
             sequence_schema: "public".to_owned(),
             sequence_name: "distlock_fencing_token".to_owned(),
-            wait_strategy: WaitStrategy::Notify,
+            wait_strategy: WaitStrategy::Queue,
             notify_channel: "distlock".to_owned(),
             backoff: Backoff::default(),
             keepalives: Some(TcpKeepalives::default()),
@@ -199,7 +212,7 @@ impl PgLockOptions {
         self
     }
 
-    /// How waiters learn of releases. Default [`WaitStrategy::Notify`].
+    /// How waiters wait for a lock. Default [`WaitStrategy::Queue`].
     pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
         self.wait_strategy = strategy;
         self

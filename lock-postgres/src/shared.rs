@@ -2,6 +2,7 @@
 //! shares: the pool, the statements, the fencing sequence, the wake-ups.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use distlock_api::LockError;
@@ -28,6 +29,39 @@ pub(crate) fn ttl_millis(ttl: Duration) -> String {
     distlock_api::backend::ttl_millis(ttl)
         .min(i32::MAX as u64)
         .to_string()
+}
+
+/// SQLSTATE of a lock wait that ran into `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// SQLSTATE of a statement cancelled (`statement_timeout`, or an operator).
+const QUERY_CANCELED: &str = "57014";
+/// SQLSTATE of a lock wait PostgreSQL ended to break a deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
+/// How much the server's end of a blocking wait is apart from the client's.
+const LOCK_TIMEOUT_MARGIN: Duration = Duration::from_millis(10);
+
+/// Leave to wait in the server's lock queue (`pg_advisory_lock`), which
+/// pins a pooled connection for the wait: a client lets at most half its
+/// pool (at least one connection) wait so, and further waiters wait for
+/// `NOTIFY` wake-ups, holding no connection. Dropped when the attempt ends.
+pub(crate) struct BlockingSlot<'a>(&'a AtomicU32);
+
+impl<'a> BlockingSlot<'a> {
+    fn take(core: &'a Core) -> Option<Self> {
+        let limit = (core.pool.max_connections() / 2).max(1);
+        core.blocking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BlockingSlot(&core.blocking))
+    }
+}
+
+impl Drop for BlockingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Shared by all clones of a `PgAdvisoryLock` and by the leases it grants.
@@ -59,6 +93,10 @@ pub(crate) struct Core {
     pub(crate) listener: Option<Listener>,
     /// Tells releasers that this client's waiters wait (with the listener).
     pub(crate) interest: Option<Interest>,
+    /// Attempts waiting in the server's lock queue now ([`BlockingSlot`]).
+    pub(crate) blocking: AtomicU32,
+    /// The server cancelled a queued wait: wait with NOTIFY only.
+    pub(crate) queue_off: AtomicBool,
 }
 
 impl Core {
@@ -105,15 +143,52 @@ impl Core {
                 key.to_string()
             };
             let expected = conn.settings.marker.clone();
-            let query = sqlx::query_as::<_, (Option<i64>, i32)>(self.statements.acquire.clone())
+            let (bound, by_deadline) = ctx.bound(self.query_timeout);
+            // A waiter waits in the server's lock queue, if a connection
+            // can be spared for it (see `BlockingSlot`).
+            let blocking = if ctx.will_wait()
+                && self.strategy == WaitStrategy::Queue
+                && !self.queue_off.load(Ordering::Relaxed)
+            {
+                BlockingSlot::take(self)
+            } else {
+                None
+            };
+            let statement = match blocking {
+                Some(_) => self.statements.acquire_wait.clone(),
+                None => self.statements.acquire.clone(),
+            };
+            let query = sqlx::query_as::<_, (Option<i64>, i32)>(statement)
                 .bind(key)
                 .bind(set_ttl)
                 .bind(i64::from(conn.backend_pid.unwrap_or(0)))
                 .bind(expected)
                 .bind(marker.as_str());
+            // A blocking statement waits at most a quarter of the TTL: the
+            // guard's validity counts from the attempt's start, so a grant
+            // leaves it at least three quarters of its TTL. At the caller's
+            // deadline (if it comes first) the client cuts the wait, which
+            // closes the connection, the server's lock_timeout a little later
+            // being only the backstop; otherwise the server gives up a
+            // little before the client, and the attempt starts over.
+            let mut cut_by_client = by_deadline;
+            let query = match blocking {
+                Some(_) => {
+                    let left = bound.saturating_duration_since(Instant::now());
+                    let window = ttl / 4;
+                    let server = if by_deadline && left <= window {
+                        left + LOCK_TIMEOUT_MARGIN
+                    } else {
+                        cut_by_client = false;
+                        left.min(window).saturating_sub(LOCK_TIMEOUT_MARGIN)
+                    };
+                    query.bind(server.as_millis().max(1).to_string())
+                }
+                None => query,
+            };
             let floor = self.token_floor.before_draw();
-            let (bound, by_deadline) = ctx.bound(self.query_timeout);
             let outcome = tokio::time::timeout_at(bound, query.fetch_one(conn.raw())).await;
+            drop(blocking);
             return match outcome {
                 // `conn` is dropped, so closed: its server session is not ours alone.
                 Ok(Ok((Some(SESSION_CHANGED), _))) => Err(pooled_session(
@@ -168,6 +243,41 @@ impl Core {
                     }
                     Ok(Attempt::Held { retry_after: None })
                 }
+                // The lock_timeout of a blocking wait ran out. A grant can
+                // race the timeout (the statement fails, the session holds
+                // the lock): unlocked if so, or the connection closed.
+                Ok(Err(err)) if sqlstate(&err).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                    if cut_by_client {
+                        return Err(LockError::Timeout);
+                    }
+                    self.unlock_if_held(conn, key).await;
+                    Ok(Attempt::Held {
+                        retry_after: Some(Duration::ZERO),
+                    })
+                }
+                // statement_timeout (the role's or the server's) cut the
+                // wait: this server will not let a statement wait, so this
+                // client waits with NOTIFY from now on. `conn` is dropped,
+                // so closed.
+                Ok(Err(err)) if sqlstate(&err).as_deref() == Some(QUERY_CANCELED) => {
+                    if !self.queue_off.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %err,
+                            "a lock wait in the server's queue was cancelled (statement_timeout?); \
+                             this client waits with LISTEN/NOTIFY from now on"
+                        );
+                    }
+                    Ok(Attempt::Held {
+                        retry_after: Some(Duration::ZERO),
+                    })
+                }
+                // Two sessions waiting for each other's keys: PostgreSQL
+                // broke the cycle by failing this wait. `conn` is dropped,
+                // so closed; the waiter goes on with backoff.
+                Ok(Err(err)) if sqlstate(&err).as_deref() == Some(DEADLOCK_DETECTED) => {
+                    tracing::debug!(lock.key = key, "blocking wait ended by deadlock detection");
+                    Ok(Attempt::Held { retry_after: None })
+                }
                 Ok(Err(err)) if pooler_statement_error(&err) => Err(pooled_session(
                     &format!("pg_try_advisory_lock failed ({err})"),
                     false,
@@ -184,6 +294,25 @@ impl Core {
                 Err(_) if by_deadline => Err(LockError::Timeout),
                 Err(_) => Err(query_timed_out("pg_try_advisory_lock", self.query_timeout)),
             };
+        }
+    }
+
+    /// After a blocking wait's `lock_timeout`: frees `key` if the session
+    /// got it all the same (a grant racing the timeout), then pools the
+    /// connection; closes it if that cannot be made sure of.
+    async fn unlock_if_held(&self, mut conn: crate::pool::Conn, key: i64) {
+        let (high, low) = crate::key::pg_locks_halves(key);
+        let unlock = sqlx::query(
+            "SELECT pg_catalog.pg_advisory_unlock($1) FROM pg_catalog.pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() AND granted \
+               AND objsubid = 1 AND classid::int8 = $2 AND objid::int8 = $3",
+        )
+        .bind(key)
+        .bind(high)
+        .bind(low)
+        .fetch_all(conn.raw());
+        if let Ok(Ok(_)) = tokio::time::timeout(self.query_timeout, unlock).await {
+            conn.recycle();
         }
     }
 

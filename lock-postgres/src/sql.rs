@@ -129,6 +129,12 @@ pub(crate) struct Statements {
     /// granted, NULL when held, [`SESSION_CHANGED`] or [`SESSION_SHARED`]
     /// when the session is not ours alone; `pg_backend_pid()`).
     pub(crate) acquire: SqlStr,
+    /// As `acquire`, with `$6` a `lock_timeout` in ms (at least 1): waits
+    /// in `pg_advisory_lock` up to that long, then fails with SQLSTATE
+    /// `55P03` — after which the session may hold the lock all the same
+    /// (a grant racing the timeout), so the connection is closed. Never
+    /// answers "held".
+    pub(crate) acquire_wait: SqlStr,
     /// `$1` key, `$2` the default `idle_session_timeout` to restore (NULL:
     /// keep the session's settings), `$3` the holding session's pid, `$4`
     /// the channel to notify (NULL: none), `$5`, `$6` the key's interest
@@ -179,6 +185,22 @@ impl Statements {
                          WHEN {settings} IS NOT NULL THEN {nextval} END END, \
                     pg_catalog.pg_backend_pid()"
         );
+        // The blocking variant for a waiter: the same checks, then
+        // `pg_advisory_lock` under a `lock_timeout` of `$6` ms (transaction
+        // local, so it ends with the statement). `void` casts to ''.
+        let acquire_wait = format!(
+            "SELECT CASE WHEN $3::int8 <> 0 AND pg_catalog.pg_backend_pid() <> $3::int8 \
+                         THEN {SESSION_CHANGED} \
+                    WHEN COALESCE(pg_catalog.current_setting('{HELD_MARKER}', true), '') \
+                         <> $4::text \
+                         THEN {SESSION_SHARED} \
+                    WHEN pg_catalog.set_config('lock_timeout', $6, true) IS NULL THEN NULL \
+                    WHEN pg_catalog.pg_advisory_lock($1)::text IS NULL THEN NULL \
+                    ELSE \
+                    CASE WHEN $2::text IS NULL THEN {granted} \
+                         WHEN {settings} IS NOT NULL THEN {nextval} END END, \
+                    pg_catalog.pg_backend_pid()"
+        );
         // A notifying release commits asynchronously: it writes nothing
         // that must survive a crash (the NOTIFY makes PostgreSQL log a
         // commit record), so it need not wait for a WAL flush. `concat`
@@ -199,6 +221,7 @@ impl Statements {
         );
         Statements {
             acquire: AssertSqlSafe(acquire).into_sql_str(),
+            acquire_wait: AssertSqlSafe(acquire_wait).into_sql_str(),
             release: AssertSqlSafe(release).into_sql_str(),
         }
     }

@@ -282,7 +282,11 @@ async fn postgres() {
         .expect("task")
         .expect("a database");
     let app = format!("cancel-{:08x}", rand::random::<u32>());
-    for strategy in [WaitStrategy::Notify, WaitStrategy::Poll] {
+    for strategy in [
+        WaitStrategy::Queue,
+        WaitStrategy::Notify,
+        WaitStrategy::Poll,
+    ] {
         let locks = PgLockOptions::new()
             .application_name(&app)
             .max_connections(POOL)
@@ -305,7 +309,7 @@ async fn postgres() {
         )
         .await;
         // The listener and the interest session, if any, are two more.
-        let max_sessions = i64::from(POOL) + 2 * i64::from(strategy == WaitStrategy::Notify);
+        let max_sessions = i64::from(POOL) + 2 * i64::from(strategy != WaitStrategy::Poll);
         settled(SETTLE, "postgres locks and sessions", || {
             let (url, app) = (url.clone(), app.clone());
             let (held, idle) = (locks.held_locks(), locks.idle_connections());

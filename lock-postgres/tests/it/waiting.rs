@@ -61,10 +61,17 @@ async fn listener_pid(url: &str, app: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_in_another_client_is_woken_by_the_release() {
+    for strategy in [WaitStrategy::Queue, WaitStrategy::Notify] {
+        woken_by_the_release(strategy).await;
+    }
+}
+
+async fn woken_by_the_release(strategy: WaitStrategy) {
     let url = database_url().await;
     let holder = client(&url, &app_name("holder"), PgLockOptions::new()).await;
     let app = app_name("woken");
-    let waiting = client(&url, &app, PgLockOptions::new().backoff(SLOW)).await;
+    let options = PgLockOptions::new().backoff(SLOW).wait_strategy(strategy);
+    let waiting = client(&url, &app, options).await;
     let name = common::name("woken");
 
     for round in 0..3 {
@@ -84,7 +91,10 @@ async fn a_waiter_in_another_client_is_woken_by_the_release() {
             .await
             .expect("task")
             .expect("acquire");
-        eprintln!("round {round}: hand-off in {:?}", granted - released);
+        eprintln!(
+            "{strategy:?} round {round}: hand-off in {:?}",
+            granted - released
+        );
         next.release().await.expect("ours");
     }
 }
@@ -94,7 +104,10 @@ async fn the_listener_reconnects_after_losing_its_session() {
     let url = database_url().await;
     let holder = client(&url, &app_name("holder2"), PgLockOptions::new()).await;
     let app = app_name("relisten");
-    let waiting = client(&url, &app, PgLockOptions::new().backoff(SLOW)).await;
+    let options = PgLockOptions::new()
+        .backoff(SLOW)
+        .wait_strategy(WaitStrategy::Notify);
+    let waiting = client(&url, &app, options).await;
     let mut outside = observer(&url).await;
     let name = common::name("relisten");
 
@@ -205,7 +218,11 @@ async fn notifications_before(
 async fn a_release_notifies_only_when_someone_waits() {
     let url = database_url().await;
     let channel = format!("quiet_{:x}", rand::random::<u32>());
-    let options = || PgLockOptions::new().notify_channel(&channel);
+    let options = || {
+        PgLockOptions::new()
+            .notify_channel(&channel)
+            .wait_strategy(WaitStrategy::Notify)
+    };
     let holder = client(&url, &app_name("quiet-holder"), options()).await;
     let app = app_name("quiet-waiter");
     let waiting = client(&url, &app, options().backoff(SLOW)).await;
@@ -275,4 +292,90 @@ async fn a_release_notifies_only_when_someone_waits() {
         seen.is_empty(),
         "a release after the waiter left notified: {seen:?}"
     );
+}
+
+/// Lock requests of the server's queue (`pg_advisory_lock`) not yet granted,
+/// on `key`.
+async fn queued_on(observer: &mut sqlx::PgConnection, key: i64) -> i64 {
+    let bits = key as u64;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+           AND NOT granted AND classid::int8 = $1 AND objid::int8 = $2",
+    )
+    .bind((bits >> 32) as i64)
+    .bind((bits & 0xffff_ffff) as i64)
+    .fetch_one(observer)
+    .await
+    .expect("pg_locks")
+}
+
+/// With [`WaitStrategy::Queue`] waiters of different clients wait in the
+/// server's lock queue: they get the lock in the order they arrived, and
+/// one whose deadline comes gives up at it with `Timeout`, its blocked
+/// connection closed (so nothing of it is left in the queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_waiters_are_served_in_arrival_order_and_leave_at_their_deadline() {
+    let url = database_url().await;
+    let name = common::name("queue");
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let options = PgLockOptions::new().backoff(SLOW);
+        clients.push(client(&url, &app_name(&format!("queue{i}")), options).await);
+    }
+    let key = clients[0].key(&name);
+    let guard = clients[0]
+        .acquire(&name, TTL, Duration::ZERO)
+        .await
+        .expect("free");
+
+    // One waiter whose deadline comes first: it leaves the queue with Timeout.
+    let started = Instant::now();
+    let err = clients[3]
+        .acquire(&name, TTL, Duration::from_millis(300))
+        .await
+        .expect_err("held");
+    assert!(
+        matches!(err, distlock_postgres::LockError::Timeout),
+        "{err}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up early: {waited:?}"
+    );
+    // Its connection was closed; the server ends the session at the latest
+    // when its lock_timeout, just past the deadline, runs out.
+    common::eventually(Duration::from_secs(5), "its request gone", || async {
+        queued_on(&mut observer(&url).await, key).await == 0
+    })
+    .await;
+
+    // Two waiters, queued one after the other, served in that order.
+    let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for (i, locks) in clients[1..3].iter().enumerate() {
+        let (locks, name, order_tx) = (locks.clone(), name.clone(), order_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = locks.acquire(&name, TTL, Duration::from_secs(30)).await?;
+            order_tx.send(i).expect("send");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            guard.release().await
+        }));
+        let queued = i as i64 + 1;
+        common::eventually(
+            Duration::from_secs(5),
+            "the waiter in the queue",
+            || async { queued_on(&mut observer(&url).await, key).await == queued },
+        )
+        .await;
+    }
+    guard.release().await.expect("ours");
+    for task in tasks {
+        within(Duration::from_secs(5), "the queued waiters", task)
+            .await
+            .expect("task")
+            .expect("acquire and release");
+    }
+    assert_eq!(order.recv().await, Some(0));
+    assert_eq!(order.recv().await, Some(1));
 }

@@ -109,7 +109,7 @@ fn hand_off_section(md: &mut String, r: &Results) {
         "Waiters take turns on one name, each holding it {} ms. \
          Hand-off = from one holder's `release` call to the next holder's `acquire` returning. \
          `{HAND_OFF_SHARED}`: two tasks of one process share one distlock client; `{HAND_OFF_OWN}`: each waiter has a client of its own, \
-         as separate processes would. distlock's defaults: Redis wakes waiters by pub/sub, PostgreSQL by LISTEN/NOTIFY. \
+         as separate processes would. distlock's defaults: Redis wakes waiters by pub/sub, PostgreSQL waits in the server's own lock queue (`pg_advisory_lock` under a `lock_timeout`, `WaitStrategy::Queue`) while the client can spare a connection, else by LISTEN/NOTIFY. \
          `{HAND_OFF_PG_BLOCKING}` is PostgreSQL's own hand-off, the baseline: each waiter a session of its own, blocked in `SELECT pg_advisory_lock(k)` \
          until the holder's `pg_advisory_unlock(k)` — the server wakes the next session itself, measured the same way.\n",
         r.hand_offs.first().map_or(1.0, |h| h.hold_ms)

@@ -169,15 +169,23 @@
 //! hand out old tokens again (`nextval` logs only every 32nd value, so this
 //! costs a flush per 32 grants).
 //!
-//! # Waiting: `LISTEN`/`NOTIFY`, measured
+//! # Waiting, measured
 //!
-//! [`acquire`](DistributedLock::acquire) retries `pg_try_advisory_lock`
-//! (distlock-api's jittered backoff, 2 ms doubling to 100 ms) and, with
-//! [`WaitStrategy::Notify`] (the default), wakes at once when a release is
-//! announced: the unlock statement also runs `pg_notify('distlock', key)`
-//! when some client waits for the key, and one listener connection per
-//! client wakes that client's waiters on the key. Waiters never hold a
-//! lock connection while they wait.
+//! With [`WaitStrategy::Queue`] (the default), an
+//! [`acquire`](DistributedLock::acquire) that has to wait waits in the
+//! server's own lock queue: `pg_advisory_lock` under a `lock_timeout` of at
+//! most a quarter of the TTL (then it queues again; never past its
+//! deadline), so PostgreSQL hands the lock over the moment it is unlocked,
+//! first come first served across clients. A waiting attempt pins a pooled
+//! connection, so a client lets at most half its pool wait that way; its
+//! other waiters, and every waiter with [`WaitStrategy::Notify`], wait for
+//! a `NOTIFY` instead, holding no lock connection: the unlock statement
+//! runs `pg_notify('distlock', key)` when some client waits for the key,
+//! and one listener connection per client wakes that client's waiters on
+//! the key (first in line first). A grant racing the `lock_timeout` (the
+//! statement fails, the session holds the lock) is unlocked at once; a
+//! server whose `statement_timeout` cancels the wait makes the client fall
+//! back to `NOTIFY` waiting.
 //!
 //! *When some client waits*: an attempt that finds the key held and will
 //! wait makes its client take a **shared** advisory lock on the key's
@@ -187,58 +195,16 @@
 //! tries to take that key exclusively for its own length, and notifies
 //! only when it cannot. A client gives up the interest in keys it no
 //! longer waits for every 250 ms. So releases nobody waits for cost no
-//! `NOTIFY`; an application of yours that uses two-`int4` advisory keys
-//! can at worst cause a spurious one (a waiter tries once more). If the
-//! interest connection fails, waiters fall back on the backoff schedule.
+//! `NOTIFY` — a transaction id and a commit record, about 20 µs of server
+//! CPU, as much as the lock and unlock together; an application of yours
+//! that uses two-`int4` advisory keys can at worst cause a spurious one (a
+//! waiter tries once more). If the interest connection fails, waiters fall
+//! back on the backoff schedule (2 ms doubling to 100 ms).
 //!
-//! The rejected alternative, a blocking `pg_advisory_lock` under
-//! `lock_timeout`, hands off fastest but pins a connection per *waiter*
-//! (not just per holder), and a grant racing the timeout needs an extra
-//! check. Measured on a 2-core VM (PostgreSQL 15 from distlock-testkit on
-//! localhost, `fsync` off; Criterion, one run; each party a client of its
-//! own; every holder keeps the lock ~1 ms, then steps back until another
-//! party has had it; "gap" is from the holder deciding to release to the
-//! next holder's grant, unlock round trip included; "longest wait" is the
-//! longest single `acquire`):
-//!
-//! | waiters | strategy | gap median | gap p99 | gap max | longest wait |
-//! |---|---|---|---|---|---|
-//! | 2 | notify | 0.40 ms | 0.72 ms | 2.6 ms | 41 ms |
-//! | 2 | poll   | 1.30 ms | 5.6 ms | 47 ms | 646 ms |
-//! | 8 | notify | 0.61 ms | 1.4 ms | 7.2 ms | 318 ms |
-//! | 8 | poll   | 0.36 ms | 15.8 ms | 87 ms | 564 ms |
-//!
-//! With eight pollers one of them often retries just after a release (a
-//! low median), but the tail is the backoff's; `NOTIFY` wakes every waiter
-//! at once, so the tail stays short and the median pays for the herd of
-//! attempts. Neither is fair: a waiter can lose several rounds in a row
-//! (try-lock waiting has no queue), hence the long longest waits.
-//!
-//! The price of `NOTIFY` — a transaction id and a commit record (written
-//! asynchronously), serialised briefly with other notifying commits; about
-//! 20 µs of server CPU, as much as the lock and unlock together — is paid
-//! only by releases someone waits for.
-//! What a lock cycle costs next to raw sqlx sending `pg_try_advisory_lock`
-//! and `pg_advisory_unlock` on one held connection (Criterion means, same
-//! run):
-//!
-//! | | raw sqlx | distlock, notify | distlock, poll |
-//! |---|---|---|---|
-//! | 1 task, acquire + release | 273 µs | 307 µs (1.12×) | 294 µs (1.08×) |
-//! | 16 tasks, distinct names | 25,500 cycles/s | 16,000/s (0.63×) | 15,700/s (0.61×) |
-//! | 1 task, CPUs kept awake¹ | 114 µs | 183 µs (1.61×) | 199 µs (1.75×) |
-//! | 16 tasks, CPUs kept awake¹ | 20,100 cycles/s | 14,000/s (0.70×) | 14,300/s (0.71×) |
-//!
-//! ¹ `DISTLOCK_BENCH_BUSY=1`: nice-19 spinners keep the VM's vCPUs from
-//! idling. An idle vCPU takes tens of µs to wake, which dominates a single
-//! task's round trips and hides what the statements cost; with the CPUs
-//! awake the difference shows. It is the work our statements do on top of
-//! the raw pair — the fencing token (`nextval`), the server-side TTL
-//! (`set_config` on grant, reset on release), `NOTIFY`'s commit — plus the
-//! client's pool, guard and query timeouts; with 16 tasks the two CPUs are
-//! saturated, so every extra microsecond of CPU, client or server, shows in
-//! throughput. Reproduce with `cargo bench -p distlock-postgres --bench pg_lock`
-//! (`DISTLOCK_BENCH_QUICK=1` for a smoke run of seconds).
+//! The hand-off figures (one name, each holder keeps it 1 ms, each waiter a
+//! client of its own, against PostgreSQL's own `pg_advisory_lock`
+//! hand-off) and the cost of a lock cycle next to raw sqlx are in the
+//! repository README's comparison, from `scripts/compare.sh`.
 //!
 //! Choose [`WaitStrategy::Poll`] for many short, rarely contended locks.
 //!

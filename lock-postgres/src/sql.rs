@@ -173,33 +173,29 @@ impl Statements {
                                pg_catalog.set_config('{HELD_MARKER}', $5, false){durable})"
         );
         // The session checks cost no round trip: they ride in the statement
-        // that takes the lock, before it is taken.
-        let acquire = format!(
-            "SELECT CASE WHEN $3::int8 <> 0 AND pg_catalog.pg_backend_pid() <> $3::int8 \
-                         THEN {SESSION_CHANGED} \
-                    WHEN COALESCE(pg_catalog.current_setting('{HELD_MARKER}', true), '') \
-                         <> $4::text \
-                         THEN {SESSION_SHARED} \
-                    WHEN pg_catalog.pg_try_advisory_lock($1) THEN \
-                    CASE WHEN $2::text IS NULL THEN {granted} \
-                         WHEN {settings} IS NOT NULL THEN {nextval} END END, \
-                    pg_catalog.pg_backend_pid()"
-        );
-        // The blocking variant for a waiter: the same checks, then
-        // `pg_advisory_lock` under a `lock_timeout` of `$6` ms (transaction
-        // local, so it ends with the statement). `void` casts to ''.
-        let acquire_wait = format!(
-            "SELECT CASE WHEN $3::int8 <> 0 AND pg_catalog.pg_backend_pid() <> $3::int8 \
-                         THEN {SESSION_CHANGED} \
-                    WHEN COALESCE(pg_catalog.current_setting('{HELD_MARKER}', true), '') \
-                         <> $4::text \
-                         THEN {SESSION_SHARED} \
-                    WHEN pg_catalog.set_config('lock_timeout', $6, true) IS NULL THEN NULL \
-                    WHEN pg_catalog.pg_advisory_lock($1)::text IS NULL THEN NULL \
-                    ELSE \
-                    CASE WHEN $2::text IS NULL THEN {granted} \
-                         WHEN {settings} IS NOT NULL THEN {nextval} END END, \
-                    pg_catalog.pg_backend_pid()"
+        // that takes the lock, before it is taken; `take` is the CASE arm
+        // that takes it (true when taken), `then` what follows a grant.
+        let acquire_with = |take: &str| {
+            format!(
+                "SELECT CASE WHEN $3::int8 <> 0 AND pg_catalog.pg_backend_pid() <> $3::int8 \
+                             THEN {SESSION_CHANGED} \
+                        WHEN COALESCE(pg_catalog.current_setting('{HELD_MARKER}', true), '') \
+                             <> $4::text \
+                             THEN {SESSION_SHARED} \
+                        {take} \
+                        CASE WHEN $2::text IS NULL THEN {granted} \
+                             WHEN {settings} IS NOT NULL THEN {nextval} END END, \
+                        pg_catalog.pg_backend_pid()"
+            )
+        };
+        let acquire = acquire_with("WHEN pg_catalog.pg_try_advisory_lock($1) THEN");
+        // The blocking variant for a waiter: `pg_advisory_lock` under a
+        // `lock_timeout` of `$6` ms (transaction local, so it ends with the
+        // statement). `void` casts to ''.
+        let acquire_wait = acquire_with(
+            "WHEN pg_catalog.set_config('lock_timeout', $6, true) IS NULL THEN NULL \
+             WHEN pg_catalog.pg_advisory_lock($1)::text IS NULL THEN NULL \
+             ELSE",
         );
         // A notifying release commits asynchronously: it writes nothing
         // that must survive a crash (the NOTIFY makes PostgreSQL log a

@@ -172,16 +172,28 @@ async fn polling_needs_no_listener() {
 /// Shared advisory locks in the two-`int4` key space (PostgreSQL's
 /// `objsubid = 2`) on `key`'s halves: a waiting client's interest.
 async fn interest_in(observer: &mut sqlx::PgConnection, key: i64) -> i64 {
-    let bits = key as u64;
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
-           AND mode = 'ShareLock' AND granted AND classid::int8 = $1 AND objid::int8 = $2",
+    advisory_locks_on(
+        observer,
+        key,
+        "objsubid = 2 AND mode = 'ShareLock' AND granted",
     )
-    .bind((bits >> 32) as i64)
-    .bind((bits & 0xffff_ffff) as i64)
-    .fetch_one(observer)
     .await
-    .expect("pg_locks")
+}
+
+/// Rows of `pg_locks` on `key`'s two halves (either key space) that match
+/// `filter`.
+async fn advisory_locks_on(observer: &mut sqlx::PgConnection, key: i64, filter: &str) -> i64 {
+    let bits = key as u64;
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND {filter} \
+           AND classid::int8 = $1 AND objid::int8 = $2"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind((bits >> 32) as i64)
+        .bind((bits & 0xffff_ffff) as i64)
+        .fetch_one(observer)
+        .await
+        .expect("pg_locks")
 }
 
 /// The payloads of the notifications on `listener` before `sentinel`,
@@ -297,16 +309,7 @@ async fn a_release_notifies_only_when_someone_waits() {
 /// Lock requests of the server's queue (`pg_advisory_lock`) not yet granted,
 /// on `key`.
 async fn queued_on(observer: &mut sqlx::PgConnection, key: i64) -> i64 {
-    let bits = key as u64;
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
-           AND NOT granted AND classid::int8 = $1 AND objid::int8 = $2",
-    )
-    .bind((bits >> 32) as i64)
-    .bind((bits & 0xffff_ffff) as i64)
-    .fetch_one(observer)
-    .await
-    .expect("pg_locks")
+    advisory_locks_on(observer, key, "objsubid = 1 AND NOT granted").await
 }
 
 /// With [`WaitStrategy::Queue`] waiters of different clients wait in the

@@ -77,7 +77,8 @@ struct Inner {
 #[derive(Default)]
 struct Session {
     conn: Option<PgConnection>,
-    /// The keys whose interest `conn` holds (each exactly once).
+    /// The keys whose interest `conn` holds (each exactly once; empty
+    /// without a connection).
     held: HashSet<i64>,
     /// The sweep runs (it stops when nothing is held).
     sweeping: bool,
@@ -86,6 +87,15 @@ struct Session {
     /// A statement was under way when its caller was cancelled: what the
     /// session holds is not known, so it is closed at the next use.
     in_doubt: bool,
+}
+
+impl Session {
+    /// Drops the connection, which ends all the interest it held.
+    fn close(&mut self) {
+        self.conn = None;
+        self.lost |= !self.held.is_empty();
+        self.held.clear();
+    }
 }
 
 impl Interest {
@@ -116,7 +126,7 @@ impl Interest {
         let inner = &self.inner;
         let mut session = inner.session.lock().await;
         inner.settle_doubt(&mut session);
-        if session.conn.is_some() && session.held.contains(&key) {
+        if session.held.contains(&key) {
             return Ok(false);
         }
         if session.conn.is_none() {
@@ -131,7 +141,6 @@ impl Interest {
                 }
             };
             session.conn = Some(conn);
-            session.held.clear();
         }
         // Blocks only behind a release's check, which lasts one statement.
         inner
@@ -152,9 +161,7 @@ impl Inner {
     /// Closes a session a cancelled statement left in doubt.
     fn settle_doubt(&self, session: &mut Session) {
         if std::mem::take(&mut session.in_doubt) {
-            session.conn = None;
-            session.lost |= !session.held.is_empty();
-            session.held.clear();
+            session.close();
         }
     }
 
@@ -186,9 +193,7 @@ impl Inner {
             Ok(Err(err)) => from_sqlx(err),
             Err(_) => query_timed_out(function, self.query_timeout),
         };
-        session.conn = None;
-        session.lost |= !session.held.is_empty();
-        session.held.clear();
+        session.close();
         Err(err)
     }
 

@@ -409,20 +409,25 @@ mod tests {
     use distlock_api::Lease as _;
     use sqlx::Executor as _;
 
+    /// A client with a pool of one connection, on the test kit's database.
+    async fn one_connection_client() -> PgAdvisoryLock {
+        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
+            .await
+            .expect("task")
+            .expect("a database");
+        PgLockOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect")
+    }
+
     /// PostgreSQL only logs a WARNING when `pg_advisory_unlock` finds no
     /// lock; the lease must turn that into `Lost` and close the connection.
     /// (A unit test: only here can a test reach the holding connection.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unlock_that_finds_no_lock_is_lost() {
-        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
-            .await
-            .expect("task")
-            .expect("a database");
-        let locks = PgLockOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect");
+        let locks = one_connection_client().await;
         let core = Arc::clone(locks.core());
         let key = core.key("unlock-false");
         let Attempt::Acquired { mut lease, .. } = core
@@ -469,15 +474,7 @@ mod tests {
     /// default back before the connection is pooled.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_ttl_sets_the_sessions_tcp_user_timeout_and_release_restores_it() {
-        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
-            .await
-            .expect("task")
-            .expect("a database");
-        let locks = PgLockOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect");
+        let locks = one_connection_client().await;
         let core = Arc::clone(locks.core());
         async fn show(conn: &mut sqlx::PgConnection) -> (String, String) {
             sqlx::query_as(
@@ -523,15 +520,7 @@ mod tests {
     /// writes none; a short TTL's release restores the defaults.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_ttl_and_the_marker_stay_on_the_pooled_session() {
-        let url = tokio::task::spawn_blocking(distlock_testkit::database_url)
-            .await
-            .expect("task")
-            .expect("a database");
-        let locks = PgLockOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect");
+        let locks = one_connection_client().await;
         let core = Arc::clone(locks.core());
         async fn show(conn: &mut sqlx::PgConnection) -> (String, String, String) {
             sqlx::query_as(

@@ -118,7 +118,6 @@ impl ConnPool {
         })
     }
 
-    /// The pool's size.
     /// Whether released connections may keep their session settings: only
     /// in our own pool (an application's pool gets its connections back as
     /// they were).
@@ -126,6 +125,7 @@ impl ConnPool {
         matches!(self.kind, Kind::Own(_))
     }
 
+    /// The pool's size.
     pub(crate) fn max_connections(&self) -> u32 {
         match &self.kind {
             Kind::Own(own) => own.max,

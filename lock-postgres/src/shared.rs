@@ -130,18 +130,19 @@ impl Core {
         loop {
             tries_left = tries_left.saturating_sub(1);
             let mut conn = self.connection(until).await?;
-            // Settings are written only when they change (see Statements).
+            // Settings are written only when they change (see Statements),
+            // the marker with the TTL.
             let set_ttl = (conn.settings.ttl != Some(ttl)).then_some(ttl_ms.as_str());
-            let marker = if self.pool.keeps_settings() {
-                // A value of this connection's own, kept with it.
-                if conn.settings.marker.is_empty() {
+            let marker = set_ttl.map(|_| {
+                if !self.pool.keeps_settings() {
+                    key.to_string()
+                } else if conn.settings.marker.is_empty() {
+                    // A value of this connection's own, kept with it.
                     format!("c{:x}-{:016x}", std::process::id(), rand::random::<u64>())
                 } else {
                     conn.settings.marker.clone()
                 }
-            } else {
-                key.to_string()
-            };
+            });
             let expected = conn.settings.marker.clone();
             let (bound, by_deadline) = ctx.bound(self.query_timeout);
             // A waiter waits in the server's lock queue, if a connection
@@ -163,7 +164,7 @@ impl Core {
                 .bind(set_ttl)
                 .bind(i64::from(conn.backend_pid.unwrap_or(0)))
                 .bind(expected)
-                .bind(marker.as_str());
+                .bind(marker.as_deref());
             // A blocking statement waits at most a quarter of the TTL: the
             // guard's validity counts from the attempt's start, so a grant
             // leaves it at least three quarters of its TTL. At the caller's
@@ -209,7 +210,7 @@ impl Core {
                         }
                     };
                     conn.backend_pid = Some(pid);
-                    if set_ttl.is_some() {
+                    if let Some(marker) = marker {
                         conn.settings.ttl = Some(ttl);
                         conn.settings.marker = marker;
                     }

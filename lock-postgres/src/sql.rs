@@ -125,7 +125,7 @@ pub(crate) struct Statements {
     /// `$1` key, `$2` TTL in ms (NULL: the session has it already), `$3`
     /// the session's expected `pg_backend_pid()` (0: not known yet), `$4`
     /// the [`HELD_MARKER`] value the session should have (`''`: none),
-    /// `$5` the marker to set with the TTL → (the fencing token when
+    /// `$5` the marker to set with the TTL (NULL when `$2` is) → (the fencing token when
     /// granted, NULL when held, [`SESSION_CHANGED`] or [`SESSION_SHARED`]
     /// when the session is not ours alone; `pg_backend_pid()`).
     pub(crate) acquire: SqlStr,
